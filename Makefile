@@ -1,0 +1,32 @@
+# Every target works as the first command on a fresh clone: it creates .venv
+# and installs what it needs (the stamp file makes re-runs instant).
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CONFIG ?= configs/local.py
+
+.PHONY: install train-local test tensorboard clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; run: make PYTHON=python3 $(MAKECMDGOALS)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+# The main job: the embedded sample on a tiny GPT-2 built here (no network).
+train-local: $(STAMP)
+	$(PY) -m trainer.task --config=$(CONFIG)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+# TensorBoard on every run under runs/ (http://localhost:6006).
+tensorboard: $(STAMP)
+	$(VENV)/bin/tensorboard --logdir runs --bind_all
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,141 @@
+"""The whole configuration schema, with the defaults for a real pretrained model.
+
+Every other file in configs/ imports this one and overrides only what differs.
+Any field can be overridden on the command line:
+
+    python -m trainer.task --config=configs/default.py \
+        --config.data.train_files=my_corpus.jsonl --config.optim.learning_rate=5e-5
+
+The config is locked: a misspelt key or a value of the wrong type stops the run
+at launch. Fields whose default is None are derived from the data and the model
+when the run starts (see trainer/optimization.py: plan_training); the resolved
+values are written to OUTPUT/config.json.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config():
+    config = ml_collections.ConfigDict()
+
+    # Where everything goes: config.json, logs/, checkpoints/, export/,
+    # export_pytorch/, report.json. Running again with the same directory resumes.
+    config.output_dir = "runs/default"
+    # Seed for the validation split, shuffling, initialisation of from-scratch
+    # models and sampling of the evaluation generations.
+    config.seed = 42
+
+    # ---------------------------------------------------------------- data
+    config.data = ml_collections.ConfigDict()
+    # Training files: comma-separated paths or glob patterns. The format comes
+    # from the extension: .txt, .jsonl/.json, .csv, .parquet.
+    config.data.train_files = ""
+    # Validation files in the same forms. Empty: hold out validation_fraction of
+    # the training DOCUMENTS (split before packing, so no block straddles both).
+    config.data.validation_files = ""
+    # Share of training documents held out when validation_files is empty.
+    config.data.validation_fraction = 0.1
+    # Upper bound on the held-out documents, so evaluation stays cheap on big corpora.
+    config.data.validation_max_examples = 2000
+    # Column holding the text in JSON/JSONL/CSV/Parquet files.
+    config.data.text_field = "text"
+    # Plain-text files: "" = one example per line; any other string (e.g. "\n\n")
+    # splits each whole file into examples at that separator.
+    config.data.text_separator = ""
+    # Tokens per training row. Must not exceed the model's positions (1024 for GPT-2).
+    config.data.block_size = 512
+    # "packed": documents joined with EOS and cut into full blocks (no padding
+    # waste). "padded": one document per row, truncated to block_size, padding
+    # masked out of attention and loss.
+    config.data.batching = "packed"
+    # Processes for batched tokenization (datasets.map num_proc).
+    config.data.num_proc = 1
+
+    # ---------------------------------------------------------------- model
+    config.model = ml_collections.ConfigDict()
+    # Hub name or local directory of a GPT-2-family checkpoint (tf_model.h5,
+    # model.safetensors single or sharded, or pytorch_model.bin with torch installed).
+    config.model.name_or_path = "distilgpt2"
+    # Tokenizer to use; "" = the one stored with the model.
+    config.model.tokenizer = ""
+    # Build a tiny GPT-2 and a byte-level BPE tokenizer trained on the training
+    # files at name_or_path first, if nothing is there yet (for runs with no
+    # model hub, like the embedded sample). It is then loaded like any checkpoint.
+    config.model.bootstrap_tiny = False
+    # Size of that tiny model: layers, width, heads, positions, vocabulary.
+    config.model.tiny = ml_collections.ConfigDict()
+    config.model.tiny.n_layer = 2
+    config.model.tiny.n_embd = 128
+    config.model.tiny.n_head = 4
+    config.model.tiny.n_positions = 256
+    config.model.tiny.vocab_size = 2048
+
+    # ---------------------------------------------------------------- optimisation
+    config.optim = ml_collections.ConfigDict()
+    # Peak learning rate of AdamW. None = derived: 1e-4 at GPT-2's width (768),
+    # scaled by 768/n_embd and by sqrt(tokens per step / 8192), kept in [1e-5, 1e-3].
+    config.optim.learning_rate = config_dict.placeholder(float)
+    # Shape after warm-up: "linear", "cosine", "inverse_sqrt" or "constant".
+    config.optim.schedule = "linear"
+    # Linear warm-up length in optimizer steps. None = warmup_ratio of the total.
+    config.optim.warmup_steps = config_dict.placeholder(int)
+    # Warm-up as a share of the total steps, used when warmup_steps is None.
+    config.optim.warmup_ratio = 0.06
+    # Learning rate at the last step as a share of the peak (linear and cosine).
+    config.optim.final_lr_ratio = 0.1
+    # Decoupled weight decay; biases and LayerNorm parameters are never decayed.
+    config.optim.weight_decay = 0.01
+    # Adam moment decay rates and epsilon.
+    config.optim.beta_1 = 0.9
+    config.optim.beta_2 = 0.999
+    config.optim.epsilon = 1e-8
+    # Clip the global gradient norm (over all replicas) to this; 0 disables.
+    config.optim.max_grad_norm = 1.0
+
+    # ---------------------------------------------------------------- training
+    config.train = ml_collections.ConfigDict()
+    # GLOBAL batch: sequences per optimizer step, summed over replicas and
+    # accumulation micro-batches. Tokens per step = batch_size x block_size.
+    config.train.batch_size = 16
+    # Split each step's batch into this many micro-batches and sum their
+    # gradients (same result, less memory). batch_size must divide evenly.
+    config.train.grad_accum_steps = 1
+    # Passes over the training data. None = derived: 3 epochs, raised to reach
+    # 300 optimizer steps (at most 10 epochs), lowered to stay near 3,000 steps
+    # (at least 1). Early stopping usually ends the run sooner.
+    config.train.epochs = config_dict.placeholder(int)
+    # Hard cap on optimizer steps; 0 = no cap. The schedule spans the capped total.
+    config.train.max_steps = 0
+    # Evaluate on validation every N optimizer steps (and at step 0). None =
+    # derived: about 20 evaluations per run, at least one per epoch.
+    config.train.eval_every_steps = config_dict.placeholder(int)
+    # Stop after this many evaluations without improvement; 0 = never stop early.
+    config.train.early_stopping_patience = 3
+    # Improvement in validation loss (nats per token) that counts as better.
+    config.train.early_stopping_min_delta = 0.0
+    # Save a checkpoint every N steps. None = at every evaluation.
+    config.train.checkpoint_every_steps = config_dict.placeholder(int)
+    # Checkpoints kept in OUTPUT/checkpoints (the best weights are kept apart).
+    config.train.keep_checkpoints = 3
+    # Write training scalars to TensorBoard every N steps.
+    config.train.log_every_steps = 10
+
+    # ---------------------------------------------------------------- evaluation
+    config.eval = ml_collections.ConfigDict()
+    # Sequences per evaluation batch. None = train.batch_size.
+    config.eval.batch_size = config_dict.placeholder(int)
+    # Prompts generated from at each evaluation (TensorBoard text). Empty = the
+    # first words of the first num_prompts validation documents.
+    config.eval.prompts = ()
+    config.eval.num_prompts = 3
+    # Tokens generated per prompt at each evaluation.
+    config.eval.max_new_tokens = 40
+
+    # ---------------------------------------------------------------- runtime
+    config.runtime = ml_collections.ConfigDict()
+    # "auto" (MirroredStrategy when several GPUs are visible, else default),
+    # "default", "one_device" or "mirrored". See trainer/distribution.py.
+    config.runtime.strategy = "auto"
+
+    return config

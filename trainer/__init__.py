@@ -1,0 +1,16 @@
+"""tunewell: fine-tune GPT-2-family causal language models with TensorFlow.
+
+transformers' TF model classes are written against Keras 2, which TensorFlow
+2.16+ only provides as the separate `tf-keras` package. TensorFlow picks the
+Keras flavour once, when it is first imported, from TF_USE_LEGACY_KERAS; every
+entry point imports this package first, so this is the one place that sets it.
+"""
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+# TensorFlow's C++ start-up chatter (CUDA probes on a CPU machine) hides the
+# messages users need; errors still show.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+__version__ = "0.1.0"

@@ -1,0 +1,327 @@
+"""Data: read documents, split train/validation, tokenize, pack or pad, tf.data.
+
+The path a corpus takes:
+
+    files --read_documents--> documents (str)
+          --split_documents--> train / validation documents   (before any packing)
+          --tokenize--> token ids per document, EOS appended
+          --pack_blocks | pad_blocks--> Blocks: [rows, block_size] int32 arrays
+          --train_dataset | eval_dataset--> tf.data with static shapes
+
+Labels are the input ids themselves, with -100 wherever a position must not be
+scored (padding only). The model's loss (trainer/steps.py) shifts them once.
+"""
+
+import dataclasses
+import glob
+import json
+import os
+
+import numpy as np
+
+from trainer.errors import UserError
+
+IGNORE_INDEX = -100  # label value that the loss skips (transformers' convention)
+
+TEXT_EXTENSIONS = (".txt", ".text", ".md")
+JSON_EXTENSIONS = (".jsonl", ".json", ".ndjson")
+TABLE_EXTENSIONS = (".csv", ".parquet")
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def expand_files(spec: str, flag: str) -> list[str]:
+    """Comma-separated paths or globs -> sorted existing files; errors name the flag."""
+    patterns = [p.strip() for p in spec.split(",") if p.strip()]
+    if not patterns:
+        raise UserError(f"{flag} is empty: give one or more data files, e.g. {flag}=data/train.jsonl")
+    files = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(os.path.expanduser(pattern)))
+        if not matches:
+            raise UserError(f"{flag}: no file matches '{pattern}'. Check the path (relative paths "
+                            f"start from {os.getcwd()}).")
+        files.extend(m for m in matches if os.path.isfile(m))
+    return files
+
+
+def _decode_utf8(path: str) -> str:
+    with open(path, "rb") as f:
+        raw = f.read()
+    if not raw.strip():
+        raise UserError(f"{path} is empty: it holds no text to train on. Remove it from the file list "
+                        "or fill it.")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise UserError(
+            f"{path}, line {line}: byte 0x{raw[e.start]:02x} is not valid UTF-8. Re-encode the file as "
+            f"UTF-8, e.g. `iconv -f latin1 -t utf-8 {path} > fixed.txt`.") from None
+
+
+def _json_text(record, path: str, line: int, text_field: str) -> str:
+    if not isinstance(record, dict) or text_field not in record:
+        keys = sorted(record) if isinstance(record, dict) else type(record).__name__
+        raise UserError(
+            f"{path}, line {line}: no field '{text_field}' (found {keys}). Set "
+            f"--config.data.text_field to the field that holds the text.")
+    value = record[text_field]
+    if not isinstance(value, str):
+        raise UserError(f"{path}, line {line}: field '{text_field}' is {type(value).__name__}, not text.")
+    return value
+
+
+def _read_json(path: str, text_field: str) -> list[str]:
+    content = _decode_utf8(path)
+    if content.lstrip().startswith("["):  # a JSON array of records
+        try:
+            records = json.loads(content)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}, line {e.lineno}: not valid JSON ({e.msg}).") from None
+        return [_json_text(r, path, i + 1, text_field) for i, r in enumerate(records)]
+    texts = []
+    for number, line in enumerate(content.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}, line {number}: not valid JSON ({e.msg}). Each line of a JSONL "
+                            "file must be one JSON object, e.g. {\"text\": \"...\"}.") from None
+        texts.append(_json_text(record, path, number, text_field))
+    return texts
+
+
+def _read_table(path: str, text_field: str) -> list[str]:
+    import datasets  # heavy import, only for the formats that need it
+
+    if path.endswith(".csv"):
+        _decode_utf8(path)  # the same empty-file and UTF-8 checks, with line numbers
+    elif os.path.getsize(path) == 0:
+        raise UserError(f"{path} is empty: it holds no text to train on.")
+    builder = "csv" if path.endswith(".csv") else "parquet"
+    table = getattr(datasets.Dataset, f"from_{builder}")(path)
+    if text_field not in table.column_names:
+        raise UserError(f"{path}: no column '{text_field}' (columns: {table.column_names}). Set "
+                        "--config.data.text_field to the column that holds the text.")
+    return ["" if t is None else str(t) for t in table[text_field]]
+
+
+def read_documents(spec: str, flag: str, text_field: str, text_separator: str) -> list[str]:
+    """All non-blank documents of the files in `spec`, in file order."""
+    documents = []
+    for path in expand_files(spec, flag):
+        ext = os.path.splitext(path)[1].lower()
+        if ext in JSON_EXTENSIONS:
+            texts = _read_json(path, text_field)
+        elif ext in TABLE_EXTENSIONS:
+            texts = _read_table(path, text_field)
+        elif ext in TEXT_EXTENSIONS or ext == "":
+            content = _decode_utf8(path)
+            texts = content.split(text_separator) if text_separator else content.splitlines()
+        else:
+            raise UserError(f"{path}: unknown format '{ext}'. Use .txt, .jsonl/.json, .csv or .parquet.")
+        texts = [t.strip() for t in texts if t.strip()]
+        if not texts:
+            raise UserError(f"{path} holds no non-blank text in field '{text_field}'.")
+        documents.extend(texts)
+    return documents
+
+
+# ----------------------------------------------------------------------------- splitting
+
+
+@dataclasses.dataclass
+class Documents:
+    train: list[str]
+    validation: list[str]
+    validation_source: str  # "files" or "split"
+
+
+def split_documents(documents: list[str], fraction: float, max_examples: int, seed: int):
+    """Hold out whole documents for validation, BEFORE packing.
+
+    Splitting packed blocks instead would put the two halves of a document on
+    both sides, and validation would measure memorisation of its neighbour.
+    """
+    if len(documents) < 2:
+        raise UserError(
+            f"The training data has {len(documents)} document(s); at least 2 are needed to hold one out "
+            "for validation. Add data or pass --config.data.validation_files.")
+    if not 0 < fraction < 1:
+        raise UserError(f"--config.data.validation_fraction={fraction} must be between 0 and 1.")
+    n_val = int(min(max(1, round(fraction * len(documents))), max_examples, len(documents) - 1))
+    order = np.random.default_rng(seed).permutation(len(documents))
+    val_ids = set(order[:n_val].tolist())
+    train = [d for i, d in enumerate(documents) if i not in val_ids]
+    validation = [d for i, d in enumerate(documents) if i in val_ids]
+    return train, validation
+
+
+def load_documents(data_config, seed: int) -> Documents:
+    train = read_documents(data_config.train_files, "--config.data.train_files",
+                           data_config.text_field, data_config.text_separator)
+    if data_config.validation_files:
+        validation = read_documents(data_config.validation_files, "--config.data.validation_files",
+                                    data_config.text_field, data_config.text_separator)
+        return Documents(train, validation, "files")
+    train, validation = split_documents(train, data_config.validation_fraction,
+                                        data_config.validation_max_examples, seed)
+    return Documents(train, validation, "split")
+
+
+# ----------------------------------------------------------------------------- tokenizing
+
+
+def tokenize(documents: list[str], tokenizer, num_proc: int = 1, desc: str = "Tokenizing"):
+    """Token ids per document with EOS appended, so the model learns where text ends."""
+    import datasets
+
+    eos = tokenizer.eos_token_id
+
+    def encode(batch):
+        ids = tokenizer(batch["text"], add_special_tokens=False, verbose=False)["input_ids"]
+        return {"input_ids": [x + [eos] for x in ids]}
+
+    dataset = datasets.Dataset.from_dict({"text": documents})
+    dataset = dataset.map(encode, batched=True, remove_columns=["text"], desc=desc,
+                          num_proc=num_proc if num_proc > 1 else None, keep_in_memory=True)
+    return [np.asarray(ids, dtype=np.int32) for ids in dataset["input_ids"]]
+
+
+# ----------------------------------------------------------------------------- blocks
+
+
+@dataclasses.dataclass
+class Blocks:
+    """Rows of block_size tokens ready for the model, and what it cost to make them."""
+    input_ids: np.ndarray       # [rows, block_size] int32
+    attention_mask: np.ndarray  # [rows, block_size] int32, 0 on padding
+    labels: np.ndarray          # [rows, block_size] int32, IGNORE_INDEX on padding
+    documents: int
+    tokens: int                 # tokens of all documents, EOS included
+    dropped_tokens: int = 0     # packed: the tail shorter than one block
+    truncated_documents: int = 0  # padded: documents longer than block_size
+    truncated_tokens: int = 0
+
+    @property
+    def rows(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def supervised_tokens(self) -> int:
+        """Positions the loss scores: a label at t+1 that is not IGNORE_INDEX."""
+        return int((self.labels[:, 1:] != IGNORE_INDEX).sum())
+
+    def stats(self) -> dict:
+        return {"documents": self.documents, "rows": self.rows, "tokens": self.tokens,
+                "dropped_tokens": self.dropped_tokens, "truncated_documents": self.truncated_documents,
+                "truncated_tokens": self.truncated_tokens, "supervised_tokens": self.supervised_tokens}
+
+
+def pack_blocks(token_ids: list[np.ndarray], block_size: int, pad_token_id: int = 0,
+                keep_tail: bool = False) -> Blocks:
+    """Concatenate documents (each ending in EOS) and cut full blocks; no padding.
+
+    A 1,000-token corpus at block_size 128 gives 7 blocks (896 tokens) and drops
+    the last 104 tokens: every token of every block is real and supervised.
+    keep_tail (validation): the last 104 tokens become an 8th row, padded and
+    masked, so every validation token is scored.
+    """
+    stream = np.concatenate(token_ids) if token_ids else np.zeros([0], np.int32)
+    rows = len(stream) // block_size
+    tail = len(stream) - rows * block_size
+    ids = stream[: rows * block_size].reshape(rows, block_size).astype(np.int32)
+    mask = np.ones_like(ids)
+    if keep_tail and tail:
+        last = np.full([1, block_size], pad_token_id, np.int32)
+        last[0, :tail] = stream[rows * block_size:]
+        ids = np.concatenate([ids, last])
+        mask = np.concatenate([mask, (np.arange(block_size) < tail).astype(np.int32)[None]])
+        tail = 0
+    labels = np.where(mask == 1, ids, IGNORE_INDEX).astype(np.int32)
+    return Blocks(ids, mask, labels, documents=len(token_ids), tokens=len(stream), dropped_tokens=tail)
+
+
+def pad_blocks(token_ids: list[np.ndarray], block_size: int, pad_token_id: int) -> Blocks:
+    """One document per row, truncated to block_size, padding masked out.
+
+    The pad id is often the EOS id (GPT-2 has no pad token), so padding is found
+    by position (past the document's length), never by comparing ids: a real EOS
+    stays supervised and the model still learns to stop.
+    """
+    n = len(token_ids)
+    ids = np.full([n, block_size], pad_token_id, np.int32)
+    mask = np.zeros([n, block_size], np.int32)
+    truncated_documents = truncated_tokens = 0
+    for row, doc in enumerate(token_ids):
+        length = min(len(doc), block_size)
+        if len(doc) > block_size:
+            truncated_documents += 1
+            truncated_tokens += len(doc) - block_size
+        ids[row, :length] = doc[:length]
+        mask[row, :length] = 1
+    labels = np.where(mask == 1, ids, IGNORE_INDEX).astype(np.int32)
+    return Blocks(ids, mask, labels, documents=n, tokens=int(sum(len(d) for d in token_ids)),
+                  truncated_documents=truncated_documents, truncated_tokens=truncated_tokens)
+
+
+def make_blocks(documents, tokenizer, data_config, desc, keep_tail=False):
+    """keep_tail: score every token (validation) rather than only full blocks (training)."""
+    token_ids = tokenize(documents, tokenizer, data_config.num_proc, desc)
+    if data_config.batching == "packed":
+        return pack_blocks(token_ids, data_config.block_size, tokenizer.pad_token_id, keep_tail)
+    return pad_blocks(token_ids, data_config.block_size, tokenizer.pad_token_id)
+
+
+# ----------------------------------------------------------------------------- tf.data
+
+
+def epoch_order(rows: int, seed: int, epoch: int) -> np.ndarray:
+    """The row order of one epoch: a fixed function of (seed, epoch), so a resumed
+    run sees exactly the batches the interrupted one would have."""
+    return np.random.default_rng([seed, epoch]).permutation(rows)
+
+
+def train_dataset(blocks: Blocks, global_batch: int, steps_per_epoch: int, total_steps: int,
+                  start_step: int, seed: int):
+    """Global batches for steps start_step .. total_steps-1, in a resumable order.
+
+    Each epoch shuffles the rows and keeps steps_per_epoch full batches
+    (drop_remainder: static shapes on every step, as TPUs and XLA require).
+    """
+    import tensorflow as tf
+
+    per_epoch = steps_per_epoch * global_batch
+    last_epoch = (total_steps - 1) // steps_per_epoch
+    first_epoch = start_step // steps_per_epoch
+    order = np.concatenate([epoch_order(blocks.rows, seed, e)[:per_epoch]
+                            for e in range(first_epoch, last_epoch + 1)])
+    skip = (start_step - first_epoch * steps_per_epoch) * global_batch
+    order = order[skip: skip + (total_steps - start_step) * global_batch]
+    arrays = {"input_ids": blocks.input_ids, "attention_mask": blocks.attention_mask,
+              "labels": blocks.labels}
+    constants = {k: tf.constant(v) for k, v in arrays.items()}
+    ds = tf.data.Dataset.from_tensor_slices(order.astype(np.int64))
+    ds = ds.batch(global_batch, drop_remainder=True)
+    ds = ds.map(lambda idx: {k: tf.gather(v, idx) for k, v in constants.items()})
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def eval_dataset(blocks: Blocks, global_batch: int, pad_token_id: int):
+    """All validation rows, the last batch filled with fully masked rows.
+
+    Filler rows have no attention and only IGNORE_INDEX labels, so they add
+    nothing to the loss sums while every batch keeps the same static shape.
+    """
+    import tensorflow as tf
+
+    filler = (-blocks.rows) % global_batch
+    ids = np.concatenate([blocks.input_ids, np.full([filler, blocks.input_ids.shape[1]], pad_token_id,
+                                                    np.int32)])
+    mask = np.concatenate([blocks.attention_mask, np.zeros([filler, ids.shape[1]], np.int32)])
+    labels = np.concatenate([blocks.labels, np.full([filler, ids.shape[1]], IGNORE_INDEX, np.int32)])
+    ds = tf.data.Dataset.from_tensor_slices({"input_ids": ids, "attention_mask": mask, "labels": labels})
+    return ds.batch(global_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)

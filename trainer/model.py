@@ -1,0 +1,375 @@
+"""Model: find, load and verify GPT-2-family checkpoints; build tiny ones; export.
+
+Every code path that needs a model (training, doctor, generation, evaluation)
+calls `load_model`, so a checkpoint that loads for one loads for all.
+
+Why not plain `TFAutoModelForCausalLM.from_pretrained(dir)`: with transformers
+4.57 it fails with "'builtins.safe_open' object is not iterable" whenever the
+folder holds a PyTorch-format model.safetensors (huggingface/transformers#40028,
+never to be fixed: the TF classes are deprecated) -- and distilgpt2 and gpt2 on
+the hub hold one next to tf_model.h5. Worse, transformers loads with
+allow_missing_keys=True, so a wrong name mapping leaves weights random and the
+"fine-tune" trains a random model. Hence the explicit file order below and a
+check, after loading, that every weight equals the array it came from.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+
+from trainer.errors import UserError
+
+TF_H5 = "tf_model.h5"
+SAFETENSORS = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+PYTORCH_BIN = "pytorch_model.bin"
+PYTORCH_BIN_INDEX = "pytorch_model.bin.index.json"
+# Files besides the weights that a model folder needs (config, tokenizer, generation defaults).
+SIDE_FILES = ["*.json", "*.txt", "*.model"]
+
+
+@dataclasses.dataclass
+class LoadedFrom:
+    path: str      # the weight file (first shard when sharded)
+    format: str    # "tf-h5", "tf-safetensors", "pt-safetensors", "pt-safetensors-sharded", "pt-bin"
+
+    def __str__(self):
+        return f"{self.path} ({self.format})"
+
+
+# ----------------------------------------------------------------------------- finding files
+
+
+def _safetensors_format(path: str) -> str:
+    from safetensors import safe_open
+
+    with safe_open(path, framework="np") as f:
+        return (f.metadata() or {}).get("format", "pt")
+
+
+def choose_weights(folder: str) -> LoadedFrom:
+    """The weight file to load from a model folder, in order of reliability."""
+    has = lambda name: os.path.isfile(os.path.join(folder, name))  # noqa: E731
+    if has(TF_H5):
+        return LoadedFrom(os.path.join(folder, TF_H5), "tf-h5")
+    if has(SAFETENSORS):
+        path = os.path.join(folder, SAFETENSORS)
+        kind = "tf-safetensors" if _safetensors_format(path) == "tf" else "pt-safetensors"
+        return LoadedFrom(path, kind)
+    if has(SAFETENSORS_INDEX):
+        return LoadedFrom(os.path.join(folder, SAFETENSORS_INDEX), "pt-safetensors-sharded")
+    if has(PYTORCH_BIN) or has(PYTORCH_BIN_INDEX):
+        return LoadedFrom(os.path.join(folder, PYTORCH_BIN if has(PYTORCH_BIN) else PYTORCH_BIN_INDEX),
+                          "pt-bin")
+    found = sorted(os.listdir(folder))
+    raise UserError(
+        f"--config.model.name_or_path={folder}: no weights found (looked for {TF_H5}, {SAFETENSORS}, "
+        f"{SAFETENSORS_INDEX}, {PYTORCH_BIN}; the folder has {found}).")
+
+
+def resolve_model_dir(name_or_path: str) -> str:
+    """A local folder as is; a hub name downloaded with only the weight file we will load."""
+    if os.path.isdir(name_or_path):
+        return name_or_path
+    if os.path.exists(name_or_path) or name_or_path.startswith((".", "/", "~")):
+        raise UserError(f"--config.model.name_or_path={name_or_path}: not a model folder. Give a folder "
+                        "holding config.json and weights, or a hub name such as distilgpt2.")
+    import huggingface_hub
+
+    try:
+        files = huggingface_hub.list_repo_files(name_or_path)
+    except Exception as e:  # offline, unknown repo, no access: all end the same way for the user
+        raise UserError(
+            f"--config.model.name_or_path={name_or_path}: not a local folder, and the hub could not be "
+            f"reached or has no such model ({type(e).__name__}). On a machine without network, copy "
+            "the model folder here and pass its path.") from None
+    order = [TF_H5, SAFETENSORS, SAFETENSORS_INDEX, PYTORCH_BIN, PYTORCH_BIN_INDEX]
+    weights = next((name for name in order if name in files), None)
+    patterns = SIDE_FILES + ([weights] if weights else [])
+    if weights == SAFETENSORS_INDEX:
+        patterns.append("model-*.safetensors")
+    if weights == PYTORCH_BIN_INDEX:
+        patterns.append("pytorch_model-*.bin")
+    return huggingface_hub.snapshot_download(name_or_path, allow_patterns=patterns)
+
+
+# ----------------------------------------------------------------------------- reading weights
+
+
+def _canonical(tf_name: str) -> str:
+    """'tfgpt2lm_head_model/transformer/h_._0/ln_1/gamma:0' -> 'transformer/h_._0/ln_1/gamma:0'.
+
+    The first component is the Keras model's own name, which differs between
+    model classes and instances; the rest identifies the weight."""
+    return tf_name.split("/", 1)[1] if "/" in tf_name else tf_name
+
+
+def read_tf_h5(path: str) -> dict:
+    """Arrays of a transformers tf_model.h5 by canonical name (layer group/model name/... stripped)."""
+    import h5py
+
+    arrays = {}
+    with h5py.File(path, "r") as f:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                # Stored as '<layer>/<model name>/<layer>/.../weight:0'.
+                arrays[name.split("/", 2)[2] if name.count("/") >= 2 else name] = obj[()]
+        f.visititems(visit)
+    return arrays
+
+
+def read_safetensors(paths: list[str]) -> dict:
+    from safetensors.numpy import load_file
+
+    arrays = {}
+    for path in paths:
+        arrays.update(load_file(path))
+    return arrays
+
+
+def _shard_paths(index_path: str) -> list[str]:
+    with open(index_path) as f:
+        shards = sorted(set(json.load(f)["weight_map"].values()))
+    paths = [os.path.join(os.path.dirname(index_path), s) for s in shards]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise UserError(f"{index_path} lists shards that are not there: {missing}.")
+    return paths
+
+
+def pt_name(tf_weight) -> tuple:
+    """(PyTorch state-dict name, transpose rule) for a TF weight, by transformers' own mapping."""
+    from transformers.modeling_tf_pytorch_utils import convert_tf_weight_name_to_pt_weight_name
+
+    return convert_tf_weight_name_to_pt_weight_name(
+        tf_weight.name, start_prefix_to_remove="", tf_weight_shape=tf_weight.shape)
+
+
+def pt_array_for_tf(array: np.ndarray, transpose, tf_shape) -> np.ndarray:
+    """A PyTorch array laid out as the TF weight; shapes must agree up to size-1 axes."""
+    from transformers.modeling_tf_pytorch_utils import apply_transpose
+
+    array = apply_transpose(transpose, array)
+    if tuple(d for d in array.shape if d != 1) != tuple(d for d in tf_shape if d != 1):
+        raise ValueError(f"shape {tuple(array.shape)} in the checkpoint, {tuple(tf_shape)} in the model")
+    return array.reshape(tf_shape)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_config(name_or_path: str):
+    """The model's config (positions, width) without loading weights."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(resolve_model_dir(name_or_path))
+
+
+def _verify(model, expected: dict, source: str) -> None:
+    """Every TF weight must equal the checkpoint array it was loaded from.
+
+    `expected` maps TF weight names to arrays already laid out as TF's. Missing
+    names or unequal values mean the weight kept its random initialisation.
+    """
+    missing, wrong = [], []
+    for weight in model.weights:
+        array = expected.get(weight.name)
+        if array is None:
+            missing.append(weight.name)
+        elif tuple(array.shape) != tuple(weight.shape) or not np.array_equal(array, weight.numpy()):
+            wrong.append(f"{weight.name} {tuple(array.shape)}")
+    if missing or wrong:
+        shown = (missing + wrong)[:8]
+        raise UserError(
+            f"{source}: {len(missing)} weight(s) of the model are missing from the checkpoint and "
+            f"{len(wrong)} did not load as stored, e.g. {shown}. The checkpoint does not match its "
+            "config.json (a removed layer, another architecture, or a broken conversion); training would "
+            "start from random weights. Re-export the checkpoint, or fix config.json.")
+
+
+def load_model(name_or_path: str, log=print):
+    """(TF causal-LM model, LoadedFrom) for a local folder or hub name, weights verified."""
+    from transformers import TFAutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    folder = resolve_model_dir(name_or_path)
+    chosen = choose_weights(folder)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # our own check below replaces transformers' load warnings
+    try:
+        if chosen.format in ("tf-h5", "tf-safetensors"):
+            model = TFAutoModelForCausalLM.from_pretrained(
+                folder, use_safetensors=chosen.format == "tf-safetensors")
+            stored = (read_tf_h5(chosen.path) if chosen.format == "tf-h5"
+                      else read_safetensors([chosen.path]))
+            expected = {w.name: stored.get(_canonical(w.name)) for w in model.weights}
+            expected = {k: v for k, v in expected.items() if v is not None}
+        elif chosen.format.startswith("pt-safetensors"):
+            from transformers import AutoConfig
+            from transformers.modeling_tf_pytorch_utils import load_pytorch_state_dict_in_tf2_model
+
+            paths = [chosen.path] if chosen.format == "pt-safetensors" else _shard_paths(chosen.path)
+            state = read_safetensors(paths)
+            model = TFAutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+            model.build_in_name_scope()
+            expected = {}
+            for weight in model.weights:
+                name, transpose = pt_name(weight)
+                if name in state:
+                    try:
+                        expected[weight.name] = pt_array_for_tf(state[name], transpose, weight.shape)
+                    except ValueError as e:
+                        raise UserError(f"{chosen.path}: weight {name} has {e}. The checkpoint does not "
+                                        "match its config.json.") from None
+            # transformers' mapping does the assignment; _verify proves it did all of it.
+            load_pytorch_state_dict_in_tf2_model(model, state, tf_inputs=False, allow_missing_keys=True,
+                                                 skip_logger_warnings=True)
+        else:  # pytorch_model.bin: only torch can read pickles
+            try:
+                import torch  # noqa: F401
+            except ImportError:
+                raise UserError(
+                    f"{chosen.path}: PyTorch .bin weights need torch, which is not installed. Convert "
+                    "them to safetensors once where torch is available (model.save_pretrained(dir, "
+                    "safe_serialization=True)) or `pip install torch`.") from None
+            model = TFAutoModelForCausalLM.from_pretrained(folder, from_pt=True)
+            expected = {w.name: w.numpy() for w in model.weights}  # torch's own loader, trusted
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    _verify(model, expected, chosen.path)
+    log(f"Loaded {count_parameters(model):,} parameters from {chosen}; all {len(model.weights)} "
+        "weights verified.")
+    return model, chosen
+
+
+def load_tokenizer(name_or_path: str):
+    """The fast tokenizer; GPT-2 has no pad token, so padding reuses EOS (masked by position)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir(name_or_path), use_fast=True)
+    if tokenizer.eos_token_id is None:
+        raise UserError(f"The tokenizer at {name_or_path} has no EOS token; causal-LM fine-tuning "
+                        "needs one so the model learns where text ends.")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def match_vocabulary(model, tokenizer, log=print) -> None:
+    """Grow the embeddings when the tokenizer has tokens the model lacks."""
+    if len(tokenizer) > model.config.vocab_size:
+        log(f"Resizing token embeddings {model.config.vocab_size} -> {len(tokenizer)} for added tokens.")
+        model.resize_token_embeddings(len(tokenizer))
+
+
+# ----------------------------------------------------------------------------- tiny models
+
+
+def build_tiny(folder: str, documents: list[str], tiny_config, seed: int, log=print) -> None:
+    """A from-scratch GPT-2 and byte-level BPE tokenizer saved as a normal model folder.
+
+    The tokenizer is trained on `documents` (the training split), the weights are
+    random: what gets fine-tuned is then loaded back with from_pretrained, the
+    same path a downloaded distilgpt2 takes.
+    """
+    import tensorflow as tf
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2TokenizerFast, TFGPT2LMHeadModel
+
+    eos = "<|endoftext|>"
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(documents, trainers.BpeTrainer(
+        vocab_size=tiny_config.vocab_size, special_tokens=[eos], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = GPT2TokenizerFast(tokenizer_object=bpe, bos_token=eos, eos_token=eos, unk_token=eos,
+                                  model_max_length=tiny_config.n_positions)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=tiny_config.n_positions,
+                        n_embd=tiny_config.n_embd, n_layer=tiny_config.n_layer, n_head=tiny_config.n_head,
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    tf.keras.utils.set_random_seed(seed)
+    model = TFGPT2LMHeadModel(config)
+    model.build_in_name_scope()
+
+    def write(tmp):
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    replace_dir(folder, write)
+    log(f"Built a tiny GPT-2 ({config.n_layer} layers x {config.n_embd}, vocabulary {len(tokenizer)}) "
+        f"at {folder}.")
+
+
+# ----------------------------------------------------------------------------- exporting
+
+
+def replace_dir(folder: str, write) -> None:
+    """Write a folder completely beside it, then swap it in: a failure never leaves a
+    half-written folder, and an earlier export survives until the new one is whole."""
+    parent = os.path.dirname(os.path.abspath(folder))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(folder) + ".tmp-", dir=parent)
+    try:
+        write(tmp)
+        old = None
+        if os.path.exists(folder):
+            old = tempfile.mkdtemp(prefix=os.path.basename(folder) + ".old-", dir=parent)
+            os.rename(folder, os.path.join(old, "x"))
+        os.rename(tmp, folder)
+        if old:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def export_tf(model, tokenizer, folder: str) -> None:
+    """tf_model.h5 + config + tokenizer: loads with TFAutoModelForCausalLM and the TF pipeline.
+
+    No PyTorch-format model.safetensors may sit here: TF's from_pretrained would
+    try it first and hit the bug described at the top of this module."""
+    def write(tmp):
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    replace_dir(folder, write)
+
+
+def pytorch_state_dict(model) -> dict:
+    """The model's weights under PyTorch names and layouts, tied weights written once."""
+    from transformers.modeling_tf_pytorch_utils import apply_transpose
+
+    state = {}
+    for weight in model.weights:
+        name, transpose = pt_name(weight)
+        array = apply_transpose(transpose, weight.numpy(), pt_to_tf=False)
+        # TF keeps the Conv1D biases of GPT-2 as [1, n]; PyTorch expects [n] and refuses the rest.
+        if name.endswith(".bias") and array.ndim == 2 and array.shape[0] == 1:
+            array = array[0]
+        state[name] = np.ascontiguousarray(array)
+    return state
+
+
+def export_pytorch(model, tokenizer, folder: str) -> None:
+    """config + tokenizer + PyTorch-format model.safetensors, for torch-based stacks."""
+    from safetensors.numpy import save_file
+
+    def write(tmp):
+        config = model.config.to_dict()
+        config["architectures"] = [type(model).__name__.removeprefix("TF")]
+        config.pop("transformers_version", None)
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+        if model.generation_config is not None:
+            model.generation_config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        save_file(pytorch_state_dict(model), os.path.join(tmp, SAFETENSORS), metadata={"format": "pt"})
+    replace_dir(folder, write)
+
+
+def count_parameters(model) -> int:
+    return int(sum(np.prod(w.shape) for w in model.trainable_weights))

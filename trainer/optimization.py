@@ -1,0 +1,184 @@
+"""Optimisation: the training plan derived from data and model, the learning-rate
+schedule, and AdamW.
+
+`plan_training` turns the config's "derive it" fields (None) into numbers from
+the corpus and the model, and says why, so a user can see and override them.
+"""
+
+import dataclasses
+import math
+
+from trainer.errors import UserError
+
+# Learning-rate rule (used when optim.learning_rate is None). Fine-tuning GPT-2
+# small (width 768) with AdamW is stable and quick at about 1e-4 with warm-up and
+# decay on ~8k-token steps. Wider models want smaller steps (the update of a
+# width-d matrix grows with d, so lr ~ 1/d, as in muP), and bigger batches carry
+# less gradient noise, so they take larger steps (lr ~ sqrt(batch), the usual
+# Adam scaling). gpt2-xl (1600) at 8k tokens: 1e-4 x 768/1600 = 4.8e-5.
+REFERENCE_LR = 1e-4
+REFERENCE_WIDTH = 768
+REFERENCE_TOKENS_PER_STEP = 8192
+LR_RANGE = (1e-5, 1e-3)
+
+# Epoch rule (used when train.epochs is None): 3 passes is the usual sweet spot
+# for fine-tuning, but a small corpus needs more passes to get enough updates and
+# a large one needs fewer to keep the run affordable. Early stopping on
+# validation guards the upper end.
+DEFAULT_EPOCHS = 3
+MIN_STEPS, MAX_STEPS_TARGET, MAX_EPOCHS = 300, 3000, 10
+EVALS_PER_RUN = 20
+
+SCHEDULES = ("linear", "cosine", "inverse_sqrt", "constant")
+
+
+@dataclasses.dataclass
+class TrainingPlan:
+    steps_per_epoch: int
+    epochs: int
+    total_steps: int
+    warmup_steps: int
+    learning_rate: float
+    eval_every_steps: int
+    checkpoint_every_steps: int
+    tokens_per_step: int
+    derived: dict  # field -> sentence saying how it was derived
+
+
+def derived_learning_rate(n_embd: int, tokens_per_step: int) -> float:
+    batch_factor = min(2.0, max(0.5, math.sqrt(tokens_per_step / REFERENCE_TOKENS_PER_STEP)))
+    lr = REFERENCE_LR * (REFERENCE_WIDTH / n_embd) * batch_factor
+    return float(min(LR_RANGE[1], max(LR_RANGE[0], lr)))
+
+
+def derived_epochs(steps_per_epoch: int) -> int:
+    # e.g. 20 steps/epoch -> 300/20 = 15 -> capped at 10 epochs; 500 steps/epoch -> 3 epochs
+    # (1,500 steps); 2,000 steps/epoch -> 3,000/2,000 -> 2 epochs; 10,000 -> 1 epoch.
+    target = max(MIN_STEPS, min(DEFAULT_EPOCHS * steps_per_epoch, MAX_STEPS_TARGET))
+    return int(min(MAX_EPOCHS, max(1, math.ceil(target / steps_per_epoch))))
+
+
+def plan_training(config, train_rows: int, n_embd: int) -> TrainingPlan:
+    """Resolve steps, epochs, learning rate and intervals for this corpus and model."""
+    t, o = config.train, config.optim
+    block = config.data.block_size
+    steps_per_epoch = train_rows // t.batch_size
+    if steps_per_epoch < 1:
+        raise UserError(
+            f"The training data makes {train_rows} row(s) of {block} tokens, fewer than one batch of "
+            f"--config.train.batch_size={t.batch_size}. Add data, or lower the batch size or "
+            "--config.data.block_size.")
+    derived = {}
+    tokens_per_step = t.batch_size * block
+    epochs = t.epochs
+    if epochs is None:
+        epochs = derived_epochs(steps_per_epoch)
+        derived["train.epochs"] = (f"{epochs}: {steps_per_epoch} steps/epoch; 3 epochs, at least "
+                                   f"{MIN_STEPS} steps (max {MAX_EPOCHS} epochs), about "
+                                   f"{MAX_STEPS_TARGET} steps at most")
+    total_steps = epochs * steps_per_epoch
+    if t.max_steps:
+        total_steps = min(total_steps, t.max_steps)
+    lr = o.learning_rate
+    if lr is None:
+        lr = derived_learning_rate(n_embd, tokens_per_step)
+        derived["optim.learning_rate"] = (f"{lr:.3g}: {REFERENCE_LR:g} x {REFERENCE_WIDTH}/{n_embd} "
+                                          f"(width) x sqrt({tokens_per_step}/{REFERENCE_TOKENS_PER_STEP}) "
+                                          f"(tokens/step, factor kept in [0.5, 2])")
+    warmup = o.warmup_steps
+    if warmup is None:
+        warmup = max(1, round(o.warmup_ratio * total_steps))
+        derived["optim.warmup_steps"] = f"{warmup}: {o.warmup_ratio:g} x {total_steps} steps"
+    eval_every = t.eval_every_steps
+    if eval_every is None:
+        eval_every = max(1, min(steps_per_epoch, math.ceil(total_steps / EVALS_PER_RUN)))
+        derived["train.eval_every_steps"] = (f"{eval_every}: about {EVALS_PER_RUN} evaluations over "
+                                             f"{total_steps} steps, at least one per epoch")
+    ckpt_every = t.checkpoint_every_steps or eval_every
+    return TrainingPlan(steps_per_epoch=steps_per_epoch, epochs=epochs, total_steps=total_steps,
+                        warmup_steps=int(warmup), learning_rate=float(lr),
+                        eval_every_steps=int(eval_every), checkpoint_every_steps=int(ckpt_every),
+                        tokens_per_step=tokens_per_step, derived=derived)
+
+
+# ----------------------------------------------------------------------------- schedule
+
+
+def learning_rate_at(step, peak, warmup_steps, total_steps, schedule, final_ratio, ops=math):
+    """Learning rate used by optimizer step `step` (0-based).
+
+    Warm-up is linear and reaches the peak at step warmup_steps - 1, so step 0
+    already moves (peak / warmup_steps). Then, with progress p running 0 -> 1
+    from warmup_steps to total_steps - 1 and floor = final_ratio x peak:
+      linear:       peak - (peak - floor) p
+      cosine:       floor + (peak - floor) (1 + cos(pi p)) / 2
+      inverse_sqrt: peak x sqrt(warmup_steps / (step + 1))
+      constant:     peak
+    `ops` is math (numbers) or a TF shim, so the plan, the tests and the
+    optimizer share one definition.
+    """
+    warmup = max(1, warmup_steps)
+    warm = peak * ops.minimum(1.0, (step + 1.0) / warmup)
+    floor = final_ratio * peak
+    span = max(1, total_steps - 1 - warmup_steps)
+    p = ops.minimum(1.0, ops.maximum(0.0, (step - warmup_steps) / span))
+    if schedule == "linear":
+        decayed = peak - (peak - floor) * p
+    elif schedule == "cosine":
+        decayed = floor + (peak - floor) * 0.5 * (1.0 + ops.cos(math.pi * p))
+    elif schedule == "inverse_sqrt":
+        decayed = peak * ops.sqrt(warmup / ops.maximum(step + 1.0, float(warmup)))
+    elif schedule == "constant":
+        decayed = peak
+    else:
+        raise UserError(f"--config.optim.schedule={schedule!r}: use one of {', '.join(SCHEDULES)}.")
+    return ops.where(step < warmup_steps, warm, decayed)
+
+
+class _MathOps:
+    minimum, maximum, cos, sqrt = min, max, math.cos, math.sqrt
+
+    @staticmethod
+    def where(cond, a, b):
+        return a if cond else b
+
+
+def lr_value(step: int, plan: TrainingPlan, optim_config) -> float:
+    return float(learning_rate_at(step, plan.learning_rate, plan.warmup_steps, plan.total_steps,
+                                  optim_config.schedule, optim_config.final_lr_ratio, _MathOps))
+
+
+def make_schedule(plan: TrainingPlan, optim_config):
+    import tensorflow as tf
+
+    class _TFOps:
+        minimum, maximum, cos, sqrt, where = (tf.minimum, tf.maximum, tf.cos, tf.sqrt, tf.where)
+
+    class WarmupDecay(tf.keras.optimizers.schedules.LearningRateSchedule):
+        def __call__(self, step):
+            step = tf.cast(step, tf.float32)
+            return learning_rate_at(step, plan.learning_rate, plan.warmup_steps, plan.total_steps,
+                                    optim_config.schedule, optim_config.final_lr_ratio, _TFOps)
+
+        def get_config(self):
+            return {"plan": dataclasses.asdict(plan), "schedule": optim_config.schedule}
+
+    return WarmupDecay()
+
+
+# ----------------------------------------------------------------------------- optimizer
+
+# Variables that are never decayed: biases and LayerNorm scales/offsets. Decaying
+# them pulls normalisation toward zero and hurts, as every GPT recipe notes.
+NO_DECAY = ["bias", "ln_", "LayerNorm", "layer_norm", "gamma", "beta"]
+
+
+def make_optimizer(plan: TrainingPlan, optim_config):
+    """AdamW; create it inside strategy.scope() so its slots are distributed like the weights."""
+    import tensorflow as tf
+
+    optimizer = tf.keras.optimizers.AdamW(
+        learning_rate=make_schedule(plan, optim_config), weight_decay=optim_config.weight_decay,
+        beta_1=optim_config.beta_1, beta_2=optim_config.beta_2, epsilon=optim_config.epsilon)
+    optimizer.exclude_from_weight_decay(var_names=NO_DECAY)
+    return optimizer
