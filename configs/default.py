@@ -70,6 +70,8 @@ def get_config():
     config.model.tiny.n_head = 4
     config.model.tiny.n_positions = 256
     config.model.tiny.vocab_size = 2048
+    # Dropout of that tiny model (residual, embedding and attention).
+    config.model.tiny.dropout = 0.1
 
     # ---------------------------------------------------------------- optimisation
     config.optim = ml_collections.ConfigDict()

@@ -291,6 +291,8 @@ def build_tiny(folder: str, documents: list[str], tiny_config, seed: int, log=pr
                                   model_max_length=tiny_config.n_positions)
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=tiny_config.n_positions,
                         n_embd=tiny_config.n_embd, n_layer=tiny_config.n_layer, n_head=tiny_config.n_head,
+                        resid_pdrop=tiny_config.dropout, embd_pdrop=tiny_config.dropout,
+                        attn_pdrop=tiny_config.dropout,
                         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
     tf.keras.utils.set_random_seed(seed)
     model = TFGPT2LMHeadModel(config)

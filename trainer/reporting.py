@@ -71,6 +71,13 @@ def config_markdown(config: dict) -> str:
     return "```json\n" + json.dumps(config, indent=2, sort_keys=True, default=str) + "\n```"
 
 
+def say(message: str) -> None:
+    """Print a line without breaking an active progress bar."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(message)
+
+
 def progress_bar(total: int, initial: int):
     from tqdm.auto import tqdm
 

@@ -77,7 +77,7 @@ class Interrupted(Exception):
         self.exit_code = 128 + signum
 
 
-def train_and_evaluate(config, log=print) -> dict:
+def train_and_evaluate(config, log=reporting.say) -> dict:
     import tensorflow as tf
 
     # ------------------------------------------------------------------ settings
@@ -233,12 +233,12 @@ def train_and_evaluate(config, log=print) -> dict:
             if step % plan.eval_every_steps == 0 or step == plan.total_steps:
                 val_loss = run_evaluation(step)
                 consider_best(step, val_loss)
-                bar.write(f"Step {step}: validation loss {val_loss:.4f} (best {state['best_val_loss']:.4f} "
-                          f"at step {int(state['best_step'])}).")
+                log(f"Step {step}: validation loss {val_loss:.4f} (best {state['best_val_loss']:.4f} "
+                    f"at step {int(state['best_step'])}).")
                 if patience and state["evals_since_best"] >= patience:
                     state["stopped_early"] = 1
                     stopping = True
-                    bar.write(f"Early stop: no improvement in {patience} evaluations.")
+                    log(f"Early stop: no improvement in {patience} evaluations.")
             if (step % plan.checkpoint_every_steps == 0 or stopping or step == plan.total_steps
                     or stop.signal):
                 checkpoints.save(step)
