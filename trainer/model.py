@@ -100,7 +100,7 @@ def resolve_model_dir(name_or_path: str) -> str:
 # ----------------------------------------------------------------------------- reading weights
 
 
-def _canonical(tf_name: str) -> str:
+def canonical_name(tf_name: str) -> str:
     """'tfgpt2lm_head_model/transformer/h_._0/ln_1/gamma:0' -> 'transformer/h_._0/ln_1/gamma:0'.
 
     The first component is the Keras model's own name, which differs between
@@ -206,7 +206,7 @@ def load_model(name_or_path: str, log=print):
                 folder, use_safetensors=chosen.format == "tf-safetensors")
             stored = (read_tf_h5(chosen.path) if chosen.format == "tf-h5"
                       else read_safetensors([chosen.path]))
-            expected = {w.name: stored.get(_canonical(w.name)) for w in model.weights}
+            expected = {w.name: stored.get(canonical_name(w.name)) for w in model.weights}
             expected = {k: v for k, v in expected.items() if v is not None}
         elif chosen.format.startswith("pt-safetensors"):
             from transformers import AutoConfig

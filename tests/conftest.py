@@ -1,0 +1,94 @@
+"""Shared fixtures: a hand-made corpus, a tiny GPT-2 built locally, small configs.
+
+Nothing is downloaded: the tiny model goes through model.build_tiny and is then
+loaded by the same from_pretrained path as a user's distilgpt2.
+"""
+
+import json
+import os
+import random
+
+import pytest
+
+import trainer  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from configs import default
+
+WORDS = ("river stone lamp garden winter morning bread window letter engine cloud harbor "
+         "market violin ladder pepper candle meadow orbit copper feather basket tunnel").split()
+VERBS = "carries holds warms finds opens follows mends paints lifts counts".split()
+
+
+def make_documents(n: int, seed: int = 0) -> list[str]:
+    """Varied short documents from a small grammar: learnable, not templated."""
+    rng = random.Random(seed)
+    docs = []
+    for i in range(n):
+        sentences = []
+        for _ in range(rng.randint(1, 4)):
+            words = [rng.choice(WORDS), rng.choice(VERBS), "the", rng.choice(WORDS)]
+            if rng.random() < 0.5:
+                words += ["near", "the", rng.choice(WORDS)]
+            sentences.append(" ".join(words).capitalize() + ".")
+        docs.append(f"Note {i}. " + " ".join(sentences))
+    return docs
+
+
+def write_jsonl(path, docs, field="text"):
+    with open(path, "w") as f:
+        for d in docs:
+            f.write(json.dumps({field: d}) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory):
+    return write_jsonl(tmp_path_factory.mktemp("corpus") / "train.jsonl", make_documents(240))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A 1-layer, 32-wide GPT-2 with a 300-token BPE vocabulary, no dropout."""
+    from trainer import model as model_lib
+
+    folder = str(tmp_path_factory.mktemp("models") / "tiny")
+    tiny = default.get_config().model.tiny
+    tiny.n_layer, tiny.n_embd, tiny.n_head, tiny.n_positions, tiny.vocab_size = 1, 32, 2, 64, 300
+    tiny.dropout = 0.0
+    model_lib.build_tiny(folder, make_documents(240), tiny, seed=0, log=lambda m: None)
+    return folder
+
+
+def small_config(output_dir, train_files, model_dir, **overrides):
+    """configs/default.py shrunk for tests; overrides use dotted keys: {"train.epochs": 2}."""
+    config = default.get_config()
+    config.output_dir = str(output_dir)
+    config.data.train_files = train_files
+    config.data.block_size = 32
+    config.model.name_or_path = model_dir
+    config.train.batch_size = 8
+    config.train.epochs = 2
+    config.optim.learning_rate = 3e-3
+    config.eval.num_prompts = 1
+    config.eval.max_new_tokens = 4
+    for key, value in overrides.items():
+        section, _, name = key.rpartition(".")
+        target = config
+        for part in filter(None, section.split(".")):
+            target = target[part]
+        target[name] = value
+    config.lock()
+    return config
+
+
+def quiet(_message):
+    """log= for train_and_evaluate in tests."""
+
+
+def run_cli(module, *args, timeout=300):
+    """Run `python -m module args` from the repo root; returns CompletedProcess."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=root, capture_output=True, text=True,
+                          timeout=timeout)

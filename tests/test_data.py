@@ -1,0 +1,143 @@
+"""Reading, splitting, packing and padding on hand-made examples."""
+
+import json
+
+import numpy as np
+import pytest
+
+from configs import default
+from trainer import data
+from trainer.data import IGNORE_INDEX
+from trainer.errors import UserError
+
+EOS = 0
+
+
+def docs(*lengths):
+    """Documents of distinct ids 1.. with EOS appended, like data.tokenize returns."""
+    out, next_id = [], 1
+    for n in lengths:
+        out.append(np.array(list(range(next_id, next_id + n)) + [EOS], np.int32))
+        next_id += n
+    return out
+
+
+def test_packing_concatenates_with_eos_and_drops_only_the_tail():
+    blocks = data.pack_blocks(docs(3, 4, 2), block_size=4)  # 4 + 5 + 3 = 12 tokens
+    np.testing.assert_array_equal(blocks.input_ids, [[1, 2, 3, EOS], [4, 5, 6, 7], [EOS, 8, 9, EOS]])
+    np.testing.assert_array_equal(blocks.labels, blocks.input_ids)  # not shifted: the loss shifts once
+    assert blocks.attention_mask.min() == 1
+    assert (blocks.tokens, blocks.dropped_tokens, blocks.supervised_tokens) == (12, 0, 9)
+    blocks = data.pack_blocks(docs(3, 4, 3), block_size=4)  # 13 tokens: one dropped
+    assert (blocks.rows, blocks.dropped_tokens) == (3, 1)
+
+
+def test_packing_keeps_the_validation_tail_masked():
+    blocks = data.pack_blocks(docs(3, 4, 3), block_size=4, pad_token_id=EOS, keep_tail=True)
+    assert blocks.rows == 4 and blocks.dropped_tokens == 0
+    np.testing.assert_array_equal(blocks.input_ids[3], [EOS, EOS, EOS, EOS])  # last real EOS + 3 pads
+    np.testing.assert_array_equal(blocks.attention_mask[3], [1, 0, 0, 0])
+    np.testing.assert_array_equal(blocks.labels[3], [EOS, IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX])
+
+
+def test_padding_masks_padding_but_keeps_the_real_eos_supervised():
+    # The pad id IS the EOS id, as with GPT-2: masking must go by position, not by id.
+    blocks = data.pad_blocks(docs(2, 5), block_size=4, pad_token_id=EOS)
+    np.testing.assert_array_equal(blocks.input_ids, [[1, 2, EOS, EOS], [3, 4, 5, 6]])
+    np.testing.assert_array_equal(blocks.attention_mask, [[1, 1, 1, 0], [1, 1, 1, 1]])
+    np.testing.assert_array_equal(blocks.labels, [[1, 2, EOS, IGNORE_INDEX], [3, 4, 5, 6]])
+    assert (blocks.truncated_documents, blocks.truncated_tokens) == (1, 2)  # 6 tokens into 4
+    assert blocks.supervised_tokens == 2 + 3  # labels[:, 1:] that are not ignored
+
+
+def test_split_is_by_document_before_packing_and_seeded():
+    documents = [f"document number {i} " + "word " * (i % 7) for i in range(50)]
+    train, val = data.split_documents(documents, fraction=0.2, max_examples=1000, seed=3)
+    assert len(val) == 10 and len(train) == 40
+    assert set(train).isdisjoint(val) and set(train) | set(val) == set(documents)
+    assert data.split_documents(documents, 0.2, 1000, seed=3) == (train, val)
+    assert data.split_documents(documents, 0.2, 1000, seed=4)[1] != val
+    assert len(data.split_documents(documents, 0.5, 7, seed=3)[1]) == 7  # max_examples caps it
+
+
+def test_split_then_pack_puts_no_validation_token_in_training_blocks():
+    # Each document uses its own ids, so any leak across the split would show up as shared ids.
+    token_docs = docs(*([5] * 40))
+    keyed = {f"doc{i}": t for i, t in enumerate(token_docs)}
+    train, val = data.split_documents(list(keyed), 0.25, 1000, seed=0)
+    train_blocks = data.pack_blocks([keyed[k] for k in train], 8)
+    val_blocks = data.pack_blocks([keyed[k] for k in val], 8, keep_tail=True)
+    train_ids = set(train_blocks.input_ids.ravel()) - {EOS}
+    val_ids = set(val_blocks.input_ids[val_blocks.attention_mask == 1].ravel()) - {EOS}
+    assert val_ids and train_ids.isdisjoint(val_ids)
+
+
+def test_training_order_resumes_exactly():
+    import tensorflow as tf  # noqa: F401
+
+    blocks = data.pack_blocks(docs(*([7] * 40)), block_size=4)  # 80 rows
+    full = [b["input_ids"].numpy() for b in data.train_dataset(blocks, 8, 10, 25, 0, seed=1)]
+    resumed = [b["input_ids"].numpy() for b in data.train_dataset(blocks, 8, 10, 25, 13, seed=1)]
+    assert len(full) == 25 and len(resumed) == 12
+    for a, b in zip(full[13:], resumed):
+        np.testing.assert_array_equal(a, b)
+    epoch0 = np.concatenate(full[:10])
+    assert sorted(map(tuple, epoch0)) == sorted(map(tuple, blocks.input_ids))  # each row once per epoch
+    assert not np.array_equal(full[0], full[10])  # reshuffled next epoch
+
+
+def test_eval_dataset_fills_the_last_batch_with_masked_rows():
+    blocks = data.pack_blocks(docs(*([7] * 10)), block_size=4)  # 20 rows
+    batches = list(data.eval_dataset(blocks, 8, EOS))
+    assert len(batches) == 3 and all(b["input_ids"].shape == (8, 4) for b in batches)
+    assert int((batches[-1]["labels"].numpy() != IGNORE_INDEX).sum()) == 4 * 4
+    assert int(batches[-1]["attention_mask"].numpy()[4:].sum()) == 0
+
+
+def test_readers(tmp_path):
+    (tmp_path / "lines.txt").write_text("first line\n\n second line \n")
+    (tmp_path / "paras.txt").write_text("para one\nstill one\n\npara two")
+    (tmp_path / "a.jsonl").write_text(json.dumps({"body": "json line"}) + "\n\n")
+    (tmp_path / "b.json").write_text(json.dumps([{"body": "array one"}, {"body": "array two"}]))
+    (tmp_path / "c.csv").write_text("id,body\n1,csv row\n2,\"quoted, row\"\n")
+    assert data.read_documents(str(tmp_path / "lines.txt"), "f", "text", "") == ["first line", "second line"]
+    assert data.read_documents(str(tmp_path / "paras.txt"), "f", "text", "\n\n") == [
+        "para one\nstill one", "para two"]
+    assert data.read_documents(f"{tmp_path}/a.jsonl,{tmp_path}/b.json", "f", "body", "") == [
+        "json line", "array one", "array two"]
+    assert data.read_documents(str(tmp_path / "c.csv"), "f", "body", "") == ["csv row", "quoted, row"]
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"body": ["parquet one", "parquet two"]}), tmp_path / "d.parquet")
+    assert data.read_documents(str(tmp_path / "*.parquet"), "f", "body", "") == ["parquet one", "parquet two"]
+
+
+def test_tokenize_appends_eos(tiny_model_dir):
+    from trainer import model as model_lib
+
+    tokenizer = model_lib.load_tokenizer(tiny_model_dir)
+    ids = data.tokenize(["river stone", "lamp"], tokenizer)
+    assert [int(x[-1]) for x in ids] == [tokenizer.eos_token_id] * 2
+    assert tokenizer.decode(ids[0][:-1]) == "river stone"
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "is empty"),
+    (b'{"text": "ok"}\n{"text": broken}\n', "line 2: not valid JSON"),
+    (b'{"text": "ok"}\n{"body": "no text"}\n', "line 2: no field 'text'"),
+    (b'{"text": "ok"}\n{"text": "caf\xe9"}\n', "line 2: byte 0xe9 is not valid UTF-8"),
+])
+def test_bad_files_name_the_file_and_line(tmp_path, content, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=message) as info:
+        data.read_documents(str(path), "--config.data.train_files", "text", "")
+    assert str(path) in str(info.value)
+
+
+def test_missing_file_names_the_flag(tmp_path):
+    config = default.get_config()
+    config.data.train_files = str(tmp_path / "nope.jsonl")
+    with pytest.raises(UserError, match=r"--config.data.train_files: no file matches .*nope.jsonl"):
+        data.load_documents(config.data, seed=0)
