@@ -76,7 +76,8 @@ def get_config():
     # ---------------------------------------------------------------- optimisation
     config.optim = ml_collections.ConfigDict()
     # Peak learning rate of AdamW. None = derived: 1e-4 at GPT-2's width (768),
-    # scaled by 768/n_embd and by sqrt(tokens per step / 8192), kept in [1e-5, 1e-3].
+    # scaled by 768/n_embd and by sqrt(tokens per step / 8192), kept in [1e-5, 1e-3];
+    # from 6e-4 (pre-training rate, up to 3e-3) for a bootstrap_tiny model.
     config.optim.learning_rate = config_dict.placeholder(float)
     # Shape after warm-up: "linear", "cosine", "inverse_sqrt" or "constant".
     config.optim.schedule = "linear"

@@ -73,6 +73,9 @@ def test_derived_learning_rate_scales_with_width_and_batch():
     assert optimization.derived_learning_rate(768, 4 * 8192) == pytest.approx(2e-4)
     assert optimization.derived_learning_rate(768, 1000 * 8192) == pytest.approx(2e-4)  # factor capped at 2
     assert optimization.derived_learning_rate(16, 8192) == pytest.approx(1e-3)  # kept in range
+    # A randomly initialised model starts from the pre-training rate, 6e-4 at width 768.
+    assert optimization.derived_learning_rate(128, 2048, from_scratch=True) == pytest.approx(1.8e-3)
+    assert optimization.derived_learning_rate(768, 8192, from_scratch=True) == pytest.approx(6e-4)
 
 
 def test_plan_derives_what_is_unset_and_keeps_what_is_set():
