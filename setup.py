@@ -27,6 +27,7 @@ setup(
         "numpy>=1.26",
         "h5py>=3.10",
         "tqdm>=4.66",
+        "matplotlib>=3.8",
     ],
     extras_require={
         "test": ["pytest>=8"],

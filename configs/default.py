@@ -26,6 +26,10 @@ def get_config():
     # models and sampling of the evaluation generations.
     config.seed = 42
 
+    # Doctor checks before training (trainer/doctor.py): "strict" stops before any
+    # compute on an error-level finding, "warn" reports and trains, "off" skips.
+    config.preflight = "warn"
+
     # ---------------------------------------------------------------- data
     config.data = ml_collections.ConfigDict()
     # Training files: comma-separated paths or glob patterns. The format comes

@@ -15,7 +15,7 @@ from trainer.errors import UserError
 
 # Config sections that may change between a run and its resumption: they do not
 # alter what the finished model is (logging, evaluation prompts, devices).
-RESUMABLE_CHANGES = ("runtime.", "eval.", "train.log_every_steps", "train.max_steps",
+RESUMABLE_CHANGES = ("runtime.", "eval.", "preflight", "train.log_every_steps", "train.max_steps",
                      "train.early_stopping", "train.keep_checkpoints", "train.checkpoint_every_steps")
 
 

@@ -60,5 +60,10 @@ def sample_generations(model, tokenizer, prompts, max_new_tokens: int, seed: int
                             temperature=0.8, seed=[seed, 0], pad_token_id=tokenizer.pad_token_id,
                             eos_token_id=tokenizer.eos_token_id)
     new_tokens = tf.convert_to_tensor(output)[:, encoded["input_ids"].shape[1]:].numpy()
-    return [{"prompt": p, "completion": tokenizer.decode(t, skip_special_tokens=True)}
-            for p, t in zip(prompts, new_tokens)]
+    samples = []
+    for prompt, tokens in zip(prompts, new_tokens):
+        eos_at = np.flatnonzero(tokens == tokenizer.eos_token_id)  # after EOS come pad (= EOS) ids
+        length = int(eos_at[0]) + 1 if len(eos_at) else len(tokens)
+        samples.append({"prompt": prompt, "completion": tokenizer.decode(tokens[:length], skip_special_tokens=True),
+                        "tokens": length, "ended_with_eos": bool(len(eos_at))})
+    return samples

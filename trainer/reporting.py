@@ -97,3 +97,55 @@ def summary_lines(report: dict) -> list[str]:
         f"Report: {report['report_path']}; curves: make tensorboard (logs in {report['logs_dir']}).",
     ]
     return lines
+
+
+def plot_curves(report: dict, path: str) -> None:
+    """Training and validation loss against steps, the best step marked, lr on a second axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train, val = report["history"]["train"], report["history"]["validation"]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    ax.plot([p["step"] for p in train], [p["loss"] for p in train], label="training loss", alpha=0.7)
+    ax.plot([p["step"] for p in val], [p["loss"] for p in val], "o-", label="validation loss")
+    ax.axvline(report["best_step"], color="green", linestyle="--", label=f"best (step {report['best_step']})")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (nats per token)")
+    if train and "learning_rate" in train[0]:
+        lr_axis = ax.twinx()
+        lr_axis.plot([p["step"] for p in train], [p["learning_rate"] for p in train], color="grey", alpha=0.4)
+        lr_axis.set_ylabel("learning rate", color="grey")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_report_card(output_dir: str, report: dict, config: dict, findings) -> str:
+    """OUTPUT/report.md: one page with config, data audit, curves, diagnosis and samples."""
+    plot_curves(report, os.path.join(output_dir, "curves.png"))
+    lines = ["# Fine-tuning report", "",
+             f"Model `{report['model']['name_or_path']}` ({report['model']['parameters']:,} parameters), "
+             f"{report['steps']} steps, {report['train_tokens']:,} training tokens, "
+             f"{report['tokens_per_sec']:,.0f} tokens/s.", "",
+             "## Diagnosis", ""]
+    for item in report.get("diagnosis", []):
+        lines.append(f"- **{item['label']}** ({item['severity']}): {item['summary']}"
+                     + (f" Next: `{' '.join(item['next'])}`" if item["next"] else ""))
+    lines += ["", "## Curves", "", "![curves](curves.png)", "",
+              f"Validation loss {report['initial_val_loss']:.3f} at step 0 -> best {report['best_val_loss']:.3f} "
+              f"at step {report['best_step']} (perplexity {report['initial_val_perplexity']:.1f} -> "
+              f"{report['final_val_perplexity']:.1f}); last {report['last_val_loss']:.3f}."
+              + (" Stopped early." if report["stopped_early"] else ""), "",
+              "## Data audit", ""]
+    lines += [f"- {f.severity}: [{f.check}] {f.figure}" + (f" - fix: {f.fix}" if f.severity != "info" else "")
+              for f in findings] or ["- (pre-flight off)"]
+    lines += ["", "## Samples (last evaluation)", ""]
+    lines += [f"- **{s['prompt']}** {s['completion']}" for s in report.get("samples", [])]
+    lines += ["", "## Config", "", config_markdown(config), ""]
+    path = os.path.join(output_dir, "report.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    return path

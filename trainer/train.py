@@ -6,6 +6,7 @@ loop (train, log, evaluate, early-stop, checkpoint) -> best weights, export, rep
 Nothing is written to the output directory until every input has been checked.
 """
 
+import dataclasses
 import math
 import os
 import signal
@@ -13,7 +14,9 @@ import time
 
 from trainer import checkpoints as ckpt_lib
 from trainer import data as data_lib
+from trainer import diagnosis
 from trainer import distribution
+from trainer import doctor
 from trainer import evaluation
 from trainer import model as model_lib
 from trainer import optimization
@@ -31,6 +34,8 @@ def check_settings(config) -> None:
     if o.schedule not in optimization.SCHEDULES:
         raise UserError(f"--config.optim.schedule={o.schedule!r}: use one of "
                         f"{', '.join(optimization.SCHEDULES)}.")
+    if config.preflight not in ("strict", "warn", "off"):
+        raise UserError(f"--config.preflight={config.preflight!r}: use strict, warn or off.")
     if d.batching not in ("packed", "padded"):
         raise UserError(f"--config.data.batching={d.batching!r}: use 'packed' or 'padded'.")
     if d.block_size < 2:
@@ -77,12 +82,22 @@ class Interrupted(Exception):
         self.exit_code = 128 + signum
 
 
-def train_and_evaluate(config, log=reporting.say) -> dict:
-    import tensorflow as tf
+@dataclasses.dataclass
+class Prepared:
+    """Everything known before the first write: the doctor and the trainer share it."""
+    documents: data_lib.Documents
+    tokenizer: object
+    model_config: object
+    train_blocks: data_lib.Blocks
+    val_blocks: data_lib.Blocks
+    plan: optimization.TrainingPlan
+    resolved: dict  # the config with derived values filled in
 
+
+def prepare(config, log=reporting.say) -> Prepared:
+    """Settings, data, tokenizer and plan, checked; nothing is written to output_dir."""
     # ------------------------------------------------------------------ settings
     check_settings(config)
-    output_dir = config.output_dir
 
     # ------------------------------------------------------------------ data
     documents = data_lib.load_documents(config.data, config.seed)
@@ -128,6 +143,29 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
     resolved["train"]["eval_every_steps"] = plan.eval_every_steps
     resolved["train"]["checkpoint_every_steps"] = plan.checkpoint_every_steps
 
+    return Prepared(documents, tokenizer, model_config, train_blocks, val_blocks, plan, resolved)
+
+
+def train_and_evaluate(config, log=reporting.say) -> dict:
+    import tensorflow as tf
+
+    # ------------------------------------------------------------------ settings, data, tokens, plan
+    prep = prepare(config, log)
+    documents, tokenizer, plan, resolved = prep.documents, prep.tokenizer, prep.plan, prep.resolved
+    train_blocks, val_blocks = prep.train_blocks, prep.val_blocks
+    name_or_path = config.model.name_or_path
+    output_dir = config.output_dir
+
+    # ------------------------------------------------------------------ pre-flight doctor
+    findings, audit_stats = [], {}
+    if config.preflight != "off":
+        findings, audit_stats = doctor.run_checks(config, prep, doctor.estimate_parameters(prep.model_config))
+        log(doctor.terminal_summary(findings))
+        errors = [f for f in findings if f.severity == "error"]
+        if errors and config.preflight == "strict":
+            raise UserError(f"The doctor found {len(errors)} error(s) (listed above); nothing was trained. Fix "
+                            "them, or pass --config.preflight=warn to train anyway.")
+
     # ------------------------------------------------------------------ output directory
     # From here on we write. A different earlier run in output_dir is an error, not overwritten.
     resuming = ckpt_lib.check_resume_compatible(output_dir, resolved)
@@ -136,6 +174,8 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
         "config": resolved, "derived": plan.derived,
         "plan": {k: v for k, v in vars(plan).items() if k != "derived"},
         "data": {"train": train_blocks.stats(), "validation": val_blocks.stats()}})
+    if findings:
+        doctor.write_outputs(findings, audit_stats, output_dir)
 
     # ------------------------------------------------------------------ strategy, model, optimizer
     strategy = distribution.get_strategy(config.runtime, log)
@@ -166,16 +206,29 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
     run_log = reporting.RunLog(output_dir, step)
     if step == 0:
         run_log.text("train", "config", 0, reporting.config_markdown(resolved))
+        if findings:
+            run_log.text("train", "doctor", 0, doctor.markdown(findings))
     prompts = list(config.eval.prompts) or evaluation.default_prompts(documents.validation,
                                                                       config.eval.num_prompts)
+    training_ngrams = diagnosis.TrainingNgrams(documents.train)
+    warned = set()  # monitor conditions already reported
+    last_samples = []
 
     def run_evaluation(at_step: int) -> float:
         metrics = evaluation.evaluate(eval_step, val_data)
-        run_log.scalars("validation", at_step, {"loss": metrics["loss"], "perplexity": metrics["perplexity"],
-                                                "accuracy": metrics["accuracy"]})
         samples = evaluation.sample_generations(model, tokenizer, prompts, config.eval.max_new_tokens,
                                                 config.seed)
+        health = diagnosis.generation_health(samples, training_ngrams)
+        run_log.scalars("validation", at_step, {"loss": metrics["loss"], "perplexity": metrics["perplexity"],
+                                                "accuracy": metrics["accuracy"],
+                                                **{f"generation/{k}": v for k, v in health.items()}})
         run_log.text("validation", "generations", at_step, reporting.generations_markdown(samples))
+        last_samples[:] = samples
+        for name, message in diagnosis.monitor(run_log.points("train"), run_log.points("validation")).items():
+            if name not in warned:
+                warned.add(name)
+                log(f"Monitor at step {at_step}: {message}")
+                run_log.text("validation", "monitor", at_step, f"**{name}**: {message}")
         return metrics["loss"]
 
     def consider_best(at_step: int, val_loss: float) -> None:
@@ -214,10 +267,12 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
             state["train_tokens"] = state["train_tokens"] + out["tokens"]
             state["train_seconds"] = state["train_seconds"] + seconds
             if not math.isfinite(out["loss_sum"]):
+                bar.close()
                 raise UserError(
-                    f"The training loss became {out['loss_sum']} at step {step}. The latest good checkpoint "
-                    f"is in {checkpoints.directory}. Lower --config.optim.learning_rate (was "
-                    f"{plan.learning_rate:.3g}).")
+                    f"The training loss became {out['loss_sum']} at step {step}: training stopped at once "
+                    f"and nothing was saved after it. The last good checkpoint is in {checkpoints.directory}."
+                    f" Lower --config.optim.learning_rate (was {plan.learning_rate:.3g}) and re-run with a "
+                    "new --config.output_dir.")
             bar.update(1)
             if step % config.train.log_every_steps == 0 or step == plan.total_steps:
                 loss = window["loss_sum"] / max(window["count"], 1.0)
@@ -285,7 +340,17 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
         "report_path": os.path.join(output_dir, "report.json"),
         "history": {"train": run_log.points("train"), "validation": validation_points},
     }
+    report["diagnosis"] = diagnosis.diagnose(
+        report, plan.learning_rate, optimization.derived_learning_rate(
+            prep.model_config.n_embd, plan.tokens_per_step, config.model.bootstrap_tiny),
+        plan.steps_per_epoch, plan.epochs, findings)
+    report["monitors"] = sorted(warned)
+    report["samples"] = last_samples
     reporting.write_json(report["report_path"], report)
+    reporting.write_report_card(output_dir, report, resolved, findings)
     for line in reporting.summary_lines(report):
         log(line)
+    for item in report["diagnosis"]:
+        log(f"Diagnosis [{item['label']}]: {item['summary']}"
+            + (f" Next: {' '.join(item['next'])}" if item["next"] else ""))
     return report

@@ -1,0 +1,339 @@
+"""trainer.audit: each defect seeded into a clean hand-written corpus is found,
+with its figure and severity, and the clean corpus itself raises nothing.
+
+No TensorFlow and nothing downloaded: the tokenizer is a word-level one trained
+here on the corpus with the `tokenizers` library.
+"""
+
+import random
+
+import pytest
+
+from trainer import audit
+
+# Forty sentences with no shared skeleton, no digits and no mid-sentence names.
+SENTENCES = [
+    "The river rose overnight and carried away the old wooden bridge near the mill.",
+    "My grandmother kept her recipes in a tin box that smelled of cinnamon.",
+    "Researchers measured the glacier's retreat using photographs taken a century apart.",
+    "A small bakery on the corner sells bread that is still warm at dawn.",
+    "He forgot his umbrella, so he waited under the station roof until the storm passed.",
+    "The committee postponed its decision because two members were travelling abroad.",
+    "Owls hunt mostly by sound, tilting their heads to locate mice beneath the snow.",
+    "She repaired the bicycle chain with pliers borrowed from a neighbour.",
+    "Most of the village gathered in the square to watch the lanterns drift upward.",
+    "Learning a second language changes how you notice the grammar of your first.",
+    "The orchestra tuned for several minutes while latecomers searched for their seats.",
+    "Frost had painted delicate ferns across every window of the farmhouse.",
+    "Engineers tested the new pump at twice its rated pressure without a single leak.",
+    "Children collected smooth pebbles along the shore and sorted them by colour.",
+    "The museum reopened after repairs, displaying tapestries that had been stored for decades.",
+    "Nobody expected the quiet librarian to win the regional chess tournament.",
+    "Heavy clouds gathered over the hills, and the farmers hurried to bring in the hay.",
+    "A good editor cuts the sentences that the writer loved most.",
+    "The ferry crossing took longer than usual because of fog in the channel.",
+    "Bees communicate the direction of flowers through a dance performed inside the hive.",
+    "After the power cut, we played cards by candlelight and told ghost stories.",
+    "The startup struggled to hire programmers willing to relocate to a remote town.",
+    "Fresh basil wilts quickly, so add it to the sauce just before serving.",
+    "Astronomers spotted a comet that returns to the inner solar system every seventy years.",
+    "His handwriting was so untidy that even he could not read his notes later.",
+    "The old lighthouse keeper logged every passing ship in a leather-bound journal.",
+    "Volunteers planted hundreds of oak saplings along the eroded riverbank.",
+    "A sudden gust lifted the tent and sent it tumbling across the campsite.",
+    "Translators often argue about whether to preserve rhythm or literal meaning.",
+    "The cat ignored its expensive bed and slept in the cardboard box instead.",
+    "Traffic slowed to a crawl as snowploughs cleared the mountain pass.",
+    "Her first novel was rejected by eleven publishers before it became a bestseller.",
+    "Copper pipes turn green over time as the metal reacts with moisture in the air.",
+    "The teacher encouraged students to ask questions rather than memorise answers.",
+    "Street musicians played jazz beneath the arches while tourists tossed coins.",
+    "Sailors once navigated by the stars, reading the night sky like a map.",
+    "The soup needed more salt, but nobody wanted to tell the proud cook.",
+    "Wind turbines on the ridge turned slowly in the light evening breeze.",
+    "During the drought, the reservoir shrank to reveal the ruins of a drowned village.",
+    "We argued about the ending of the film all the way home on the bus.",
+]
+TRAIN, VALIDATION = SENTENCES[:32], SENTENCES[32:]
+# Eight paragraphs of five sentences (62-74 words): long enough that one
+# changed word keeps Jaccard >= 0.8 on 5-shingles, i.e. (n - 9) / (n + 1).
+PARAGRAPHS = [" ".join(SENTENCES[i:i + 5]) for i in range(0, 40, 5)]
+
+
+@pytest.fixture(scope="module")
+def tokenize():
+    """A word-level tokenizer trained on the corpus: ~1.1 tokens per word."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.train_from_iterator(SENTENCES, trainers.WordLevelTrainer(special_tokens=["[UNK]"]))
+    return lambda texts: [encoding.ids for encoding in tokenizer.encode_batch(texts)]
+
+
+def severities(findings, check):
+    return [f.severity for f in findings if f.check == check]
+
+
+def replace_word(text: str, index: int, word: str) -> str:
+    words = text.split()
+    words[index] = word
+    return " ".join(words)
+
+
+# ----------------------------------------------------------------------------- text forms
+
+
+def test_normalise_lowercases_drops_punctuation_and_collapses_spaces():
+    assert audit.normalise("  Hello,  World!\n\tIt's (really)  me. ") == "hello world its really me"
+    assert audit.normalise("snake_case -- dash") == "snakecase dash"
+    assert audit.normalise("...") == ""
+
+
+def test_mask_variables_replaces_fillers_but_not_sentence_starts():
+    assert (audit.mask_variables("Order 1234 shipped on 2024-03-01 to Alice.")
+            == "Order <NUM> shipped on <DATE> to <NAME>.")
+    assert (audit.mask_variables("Call me at 14:30 on March 3, 2024 or at 9pm.")
+            == "Call me at <TIME> on <DATE> or at <TIME>.")
+    assert (audit.mask_variables("Write to bo.li@example.org or see https://example.org/faq.")
+            == "Write to <EMAIL> or see <URL>.")
+    # The first word of each sentence stays; a name after an honorific does not.
+    assert audit.mask_variables("Alice met Bob. Then  Carol paid Dr. Ng 3,250.50 euros.") == \
+        "Alice met <NAME>. Then <NAME> paid Dr. <NAME> <NUM> euros."
+
+
+def test_template_key_is_shared_only_by_fillers():
+    a = audit.template_key("Order 1234 shipped on 2024-03-01 to Alice.")
+    b = audit.template_key("Order 98 shipped on 2023-12-24 to Bruno.")
+    c = audit.template_key("Order 98 was lost on 2023-12-24 near Bruno.")
+    assert a == b == "order num shipped on date to name"
+    assert c != a
+
+
+# ----------------------------------------------------------------------------- duplicates
+
+
+def test_exact_duplicates_error_at_ten_percent():
+    # 40 clean + 5 copies differing only in case and punctuation: 5 / 45 = 11.1%.
+    copies = [s.upper().replace(",", "") for s in SENTENCES[:5]]
+    stats = audit.duplicate_stats(SENTENCES + copies)
+    assert stats["exact_duplicates"] == 5
+    assert stats["exact_duplicate_rate"] == pytest.approx(5 / 45)
+    assert stats["near_duplicate_rate"] == pytest.approx(5 / 45)  # exact copies are near ones too
+    assert stats["exact_examples"][0] == (SENTENCES[0], copies[0])
+    findings = audit.duplicate_findings(stats)
+    assert [f.severity for f in findings] == ["error"]  # no second finding for the same copies
+    assert "11.1% (5 of 45)" in findings[0].figure
+
+
+def test_one_exact_duplicate_in_forty_one_is_a_warning():
+    findings = audit.duplicate_findings(audit.duplicate_stats(SENTENCES + [SENTENCES[7]]))
+    assert [(f.check, f.severity) for f in findings] == [("duplicates", "warning")]
+    assert findings[0].data["exact_duplicate_rate"] == pytest.approx(1 / 41)
+
+
+def test_near_duplicates_with_one_word_changed():
+    assert min(len(p.split()) for p in PARAGRAPHS) >= 49
+    near = [replace_word(PARAGRAPHS[0], 30, "purple"), replace_word(PARAGRAPHS[3], 25, "seldom")]
+    stats = audit.duplicate_stats(PARAGRAPHS + near)
+    assert stats["exact_duplicate_rate"] == 0
+    assert stats["near_duplicates"] == 2
+    assert stats["near_duplicate_rate"] == pytest.approx(2 / 10)
+    assert stats["examples"][0] == (PARAGRAPHS[0][:199] + "…", near[0][:199] + "…")  # cut to 200 chars
+    findings = audit.duplicate_findings(stats)
+    assert [f.severity for f in findings] == ["error"]
+    assert "20.0% (2 of 10)" in findings[0].figure
+
+
+def test_rewritten_paragraph_is_not_a_near_duplicate():
+    # Ten words changed, one every sixth word: the shingles barely overlap.
+    rewritten = PARAGRAPHS[0]
+    for index in range(0, 60, 6):
+        rewritten = replace_word(rewritten, index, "different")
+    stats = audit.duplicate_stats(PARAGRAPHS + [rewritten])
+    assert stats["near_duplicates"] == 0
+    assert audit.duplicate_findings(stats) == []
+
+
+def test_lsh_finds_seeded_near_copies_among_many_documents():
+    rng = random.Random(0)
+    vocabulary = [f"w{i}" for i in range(5_000)]
+    docs = [" ".join(rng.choices(vocabulary, k=rng.randint(60, 80))) for _ in range(2_000)]
+    sources = rng.sample(range(2_000), 50)
+    docs += [replace_word(docs[i], 30, "changed") for i in sources]
+    stats = audit.duplicate_stats(docs)
+    assert stats["exact_duplicates"] == 0
+    assert stats["near_duplicates"] == 50
+
+
+# ----------------------------------------------------------------------------- templates and diversity
+
+
+def orders(n: int) -> list[str]:
+    names = ["Alice", "Bruno", "Chen", "Dana", "Emeka", "Farah", "Goran", "Hana", "Ivan", "Jules"]
+    return [f"Order {1000 + 37 * i} shipped on 2024-03-{1 + i % 28:02d} to {names[i % len(names)]}."
+            for i in range(n)]
+
+
+# distinct-n figures of a varied corpus, so only the template figures decide.
+VARIED = {"distinct_1": 0.5, "distinct_2": 0.9, "sample_words": 600}
+
+
+def test_templates_error_at_thirty_percent():
+    # 20 orders among 60 docs: the first is the template's origin, 19 repeat it.
+    stats = audit.template_stats(SENTENCES + orders(20))
+    assert stats["templated_documents"] == 19
+    assert stats["template_rate"] == pytest.approx(19 / 60)
+    assert stats["largest_template_share"] == pytest.approx(20 / 60)
+    assert stats["template_examples"][0] == {"template": "Order <NUM> shipped on <DATE> to <NAME>.",
+                                             "documents": 20, "example": orders(1)[0]}
+    findings = audit.diversity_findings({**stats, **VARIED}, 60)
+    assert [(f.check, f.severity) for f in findings] == [("templates", "error")]
+
+
+def test_few_templates_are_a_warning_and_copies_are_not_templates():
+    # 6 orders (5 repeats of 46 = 10.9%) plus 2 exact copies, which duplicates reports instead.
+    stats = audit.template_stats(SENTENCES + orders(6) + [SENTENCES[0], orders(1)[0]])
+    assert stats["templated_documents"] == 5
+    assert stats["template_rate"] == pytest.approx(5 / 48)
+    findings = audit.diversity_findings({**stats, **VARIED}, 48)
+    assert severities(findings, "templates") == ["warning"]
+
+
+def test_distinct_n_counts_unique_unigrams_and_bigrams():
+    stats = audit.distinct_n_stats(["a b a b", "a b c"])
+    # Words: 7, unique 3. Bigrams inside docs: ab ba ab | ab bc = 5, unique 3.
+    assert stats["distinct_1"] == pytest.approx(3 / 7)
+    assert stats["distinct_2"] == pytest.approx(3 / 5)
+
+
+def test_repetitive_data_barely_varies():
+    rng = random.Random(1)
+    docs = [" ".join(rng.choices(["yes", "no", "maybe"], k=20)) for _ in range(50)]
+    stats = audit.diversity_stats(docs)
+    assert stats["distinct_2"] == pytest.approx(9 / 950)  # 9 possible bigrams over 50 x 19
+    assert severities(audit.diversity_findings(stats, len(docs)), "diversity") == ["warning"]
+
+
+# ----------------------------------------------------------------------------- lengths
+
+
+def test_length_histogram_bins_up_to_block_size():
+    stats = audit.length_stats([10, 32, 33, 64, 100, 128, 129, 500], block_size=128, batching="packed")
+    assert stats["histogram"] == [(32, 2), (64, 2), (128, 2), (None, 2)]
+    assert stats["max"] == 500
+    # Packed: 996 tokens = 7 rows of 128 + 100 dropped; 2 of 8 docs span rows.
+    assert (stats["rows"], stats["dropped_tail_tokens"]) == (7, 100)
+    assert stats["cross_block_docs_share"] == pytest.approx(2 / 8)
+    findings = audit.length_findings(stats)
+    assert [f.severity for f in findings] == ["info"]
+    assert "--config.data.block_size=512" in findings[0].fix
+
+
+def test_padded_truncation_warning():
+    # 5 of 100 docs are 200 tokens at block_size 128: 5 x 72 = 360 of 10,500 tokens cut (3.4%).
+    stats = audit.length_stats([100] * 95 + [200] * 5, block_size=128, batching="padded")
+    assert stats["truncated_docs_share"] == pytest.approx(0.05)
+    assert stats["truncated_tokens_share"] == pytest.approx(360 / 10_500)
+    # Real tokens 95 x 100 + 5 x 128 = 10,140 of 100 x 128 = 12,800 positions.
+    assert stats["padding_share"] == pytest.approx(1 - 10_140 / 12_800)
+    findings = audit.length_findings(stats)
+    assert severities(findings, "length") == ["warning"]
+    assert "--config.data.block_size=256" in findings[0].fix
+    assert "--config.data.batching=packed" in findings[0].fix
+
+
+def test_padded_truncation_error_when_a_tenth_of_tokens_is_cut():
+    # Half the docs are 300 tokens: 50 x 172 = 8,600 of 20,000 tokens cut (43%).
+    stats = audit.length_stats([100] * 50 + [300] * 50, block_size=128, batching="padded")
+    assert stats["truncated_tokens_share"] == pytest.approx(0.43)
+    findings = audit.length_findings(stats, n_positions=256)
+    assert severities(findings, "length") == ["error"]
+    assert "--config.data.block_size=256" in findings[0].fix  # 512 would pass the model's 256 positions
+
+
+def test_packed_corpus_smaller_than_one_block_is_an_error():
+    findings = audit.length_findings(audit.length_stats([30, 40], block_size=128, batching="packed"))
+    assert [f.severity for f in findings] == ["error"]
+
+
+# ----------------------------------------------------------------------------- leakage
+
+
+def test_validation_copies_of_training_documents_are_leakage():
+    validation = VALIDATION + [TRAIN[3], TRAIN[4].lower()]
+    stats = audit.leakage_stats(TRAIN, validation)
+    assert stats["exact_overlap_rate"] == pytest.approx(2 / 10)
+    assert stats["examples"][:2] == [TRAIN[3], TRAIN[4].lower()]
+    assert [f.severity for f in audit.leakage_findings(stats)] == ["error"]
+
+
+def test_ngram_overlap_counts_validation_eight_grams_seen_in_training():
+    # Validation has 3 eight-grams; only "a b c d e f g h" occurs in training.
+    stats = audit.leakage_stats(["a b c d e f g h i j"], ["a b c d e f g h x y"])
+    assert stats["exact_overlap_rate"] == 0
+    assert stats["ngram_overlap_rate"] == pytest.approx(1 / 3)
+    assert [f.severity for f in audit.leakage_findings(stats)] == ["error"]
+
+
+def test_separate_validation_documents_do_not_leak():
+    stats = audit.leakage_stats(TRAIN, VALIDATION)
+    assert (stats["exact_overlap_rate"], stats["ngram_overlap_rate"]) == (0, 0)
+    assert audit.leakage_findings(stats) == []
+
+
+# ----------------------------------------------------------------------------- domain fit
+
+
+def test_tokenizer_far_from_the_text_is_a_warning(tokenize):
+    by_character = audit.fertility_stats(TRAIN, lambda texts: [list(t) for t in texts])
+    assert by_character["tokens_per_word"] > 5
+    findings = audit.fertility_findings(by_character, block_size=128)
+    assert [f.severity for f in findings] == ["warning"]
+    # Keep the words per row: 128 x tokens_per_word / 1.3, capped at 1,024 positions.
+    assert "--config.data.block_size=" in findings[0].fix
+
+    fitting = audit.fertility_stats(TRAIN, tokenize)
+    assert 1.0 <= fitting["tokens_per_word"] < 1.3
+    assert [f.severity for f in audit.fertility_findings(fitting, block_size=128)] == ["info"]
+
+
+def test_foreign_script_is_rare_characters(tokenize):
+    greek = ["Η γάτα κοιμάται στο κουτί.", "Ο ποταμός πλημμύρισε τη νύχτα."]
+    stats = audit.fertility_stats(greek, tokenize)
+    # 21 + 25 Greek letters of 26 + 30 characters (the rest are spaces and full stops).
+    assert stats["rare_char_share"] == pytest.approx(46 / 56)
+    assert [f.severity for f in audit.fertility_findings(stats, block_size=128)] == ["warning"]
+
+
+# ----------------------------------------------------------------------------- the whole audit
+
+
+def test_clean_varied_corpus_raises_nothing(tokenize):
+    findings, stats = audit.audit_corpus(TRAIN, VALIDATION, None, block_size=64, batching="packed",
+                                         tokenize=tokenize)
+    assert [f for f in findings if f.severity != "info"] == []
+    assert {f.check for f in findings} == {"size", "length", "domain_fit"}
+    assert stats["duplicates"]["near_duplicate_rate"] == 0
+    assert stats["diversity"]["template_rate"] == 0
+    assert stats["diversity"]["distinct_2"] > 0.9
+    assert stats["leakage"]["ngram_overlap_rate"] == 0
+    assert all(f.fix for f in findings)
+
+
+def test_audit_reports_every_seeded_defect_most_severe_first(tokenize):
+    train = TRAIN + TRAIN[:6] + orders(20)  # 6 copies (10.3%) and 19 templated (32.8%) of 58
+    validation = VALIDATION + [TRAIN[10]]  # 1 of 9 validation docs seen in training
+    lengths = [20] * 52 + [300] * 6  # padded at 128: 6 x 172 = 1,032 of 2,840 tokens cut
+    findings, stats = audit.audit_corpus(train, validation, lengths, block_size=128, batching="padded",
+                                         tokenize=tokenize)
+    found = {(f.check, f.severity) for f in findings}
+    assert {("duplicates", "error"), ("templates", "error"), ("length", "error"),
+            ("leakage", "error")} <= found
+    order = [audit.SEVERITIES.index(f.severity) for f in findings]
+    assert order == sorted(order)
+    assert all(f.figure and f.why and f.fix for f in findings)
+    assert stats["length"]["truncated_tokens_share"] == pytest.approx(1_032 / 2_840)
+    assert stats["duplicates"]["exact_duplicate_rate"] == pytest.approx(6 / 58)
+    assert stats["diversity"]["template_rate"] == pytest.approx(19 / 58)
+    assert stats["leakage"]["exact_overlap_rate"] == pytest.approx(1 / 9)

@@ -1,0 +1,176 @@
+"""Diagnosis: watch a run while it trains, and say afterwards what happened.
+
+- generation_health: repetition, diversity, stopping and memorisation of the
+  samples generated at each evaluation.
+- monitor: warnings from the latest evaluations (divergence, spikes,
+  oscillation, overfitting, stagnation), raised once each.
+- diagnose: the run's class from its curves and figures, with the evidence and
+  the next configuration to try as overrides.
+"""
+
+import math
+
+import numpy as np
+
+MEMORISATION_NGRAM_WORDS = 8  # 8 words copied verbatim are rarely chance in prose
+MEMORISATION_MAX_DOCS = 20_000  # the index is a sorted array of hashes: ~8 bytes per n-gram
+
+# Run classes, most specific first in `diagnose`.
+HEALTHY, OVERFIT, UNDERFIT, LR_TOO_HIGH, LR_TOO_LOW, NOT_LEARNING, DATA, TRUNCATION = (
+    "healthy", "overfit", "underfit", "learning_rate_too_high", "learning_rate_too_low", "not_learning",
+    "data_too_small_or_repetitive", "truncation_or_masking")
+
+
+# ----------------------------------------------------------------------------- generation health
+
+
+def _ngrams(words, n):
+    return [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+
+
+class TrainingNgrams:
+    """Word 8-grams of the training documents, to measure copying in generations."""
+
+    def __init__(self, documents: list[str], n: int = MEMORISATION_NGRAM_WORDS):
+        self.n = n
+        hashes = [hash(g) for d in documents[:MEMORISATION_MAX_DOCS] for g in _ngrams(d.split(), n)]
+        self.sorted_hashes = np.unique(np.asarray(hashes, np.int64))
+
+    def copied_share(self, texts: list[str]) -> float:
+        grams = [hash(g) for t in texts for g in _ngrams(t.split(), self.n)]
+        if not grams or not len(self.sorted_hashes):
+            return 0.0
+        grams = np.asarray(grams, np.int64)
+        at = np.clip(np.searchsorted(self.sorted_hashes, grams), 0, len(self.sorted_hashes) - 1)
+        return float(np.mean(self.sorted_hashes[at] == grams))
+
+
+def generation_health(samples: list[dict], training_ngrams: TrainingNgrams | None) -> dict:
+    """Figures over one evaluation's samples (dicts with completion, tokens, ended_with_eos).
+
+    repetition: share of word 3-grams inside a sample that already occurred in it
+    (a looping "the the the" sample scores near 1); distinct_1/2: unique words
+    and bigrams over all, across samples; memorised: share of generated word
+    8-grams found verbatim in the training set.
+    """
+    words = [s["completion"].split() for s in samples]
+    repeats = total = 0
+    for w in words:
+        grams = _ngrams(w, 3)
+        repeats += len(grams) - len(set(grams))
+        total += len(grams)
+    unigrams = [x for w in words for x in w]
+    bigrams = [g for w in words for g in _ngrams(w, 2)]
+    return {
+        "repetition": repeats / total if total else 0.0,
+        "distinct_1": len(set(unigrams)) / len(unigrams) if unigrams else 0.0,
+        "distinct_2": len(set(bigrams)) / len(bigrams) if bigrams else 0.0,
+        "ended_with_eos": float(np.mean([s["ended_with_eos"] for s in samples])) if samples else 0.0,
+        "mean_length_tokens": float(np.mean([s["tokens"] for s in samples])) if samples else 0.0,
+        "memorised": training_ngrams.copied_share([s["completion"] for s in samples])
+        if training_ngrams else 0.0,
+    }
+
+
+# ----------------------------------------------------------------------------- monitors
+
+
+def monitor(train_points: list[dict], val_points: list[dict]) -> dict:
+    """Conditions visible in the evaluations so far: name -> plain-words message."""
+    found = {}
+    losses = [p["loss"] for p in val_points]
+    if len(losses) < 3:
+        return found
+    best = min(losses)
+    if losses[-1] > best + 0.5 and losses[-1] > 1.1 * best:
+        found["divergence"] = (f"validation loss {losses[-1]:.3f} is far above its best {best:.3f}: the run "
+                               "is diverging; lower --config.optim.learning_rate.")
+    train = [p["loss"] for p in train_points]
+    if len(train) >= 3 and train[-1] > 1.5 * min(train):
+        found["loss_spike"] = (f"training loss jumped to {train[-1]:.3f} (best {min(train):.3f}): a loss "
+                               "spike; lower the learning rate or --config.optim.max_grad_norm.")
+    deltas = np.sign(np.diff(losses[-7:]))
+    if len(deltas) >= 6 and np.sum(deltas[1:] != deltas[:-1]) >= 4:
+        found["oscillation"] = ("validation loss goes up and down at every evaluation: the learning rate "
+                                "is at the edge of stability; lower it by 2-3x.")
+    if len(losses) >= 4 and losses[-1] > losses[-2] > losses[-3] and len(train) >= 2 and train[-1] < train[0]:
+        gap = losses[-1] - train[-1]
+        found["overfitting"] = (f"validation loss rose for 2 evaluations while training loss falls (gap "
+                                f"{gap:.3f} nats): overfitting; early stopping will restore the best weights.")
+    if len(losses) >= 5 and min(losses[-4:]) >= min(losses[:-4]) - 1e-4:
+        found["stagnation"] = "no validation improvement in the last 4 evaluations."
+    return found
+
+
+# ----------------------------------------------------------------------------- after the run
+
+
+def _finding(label, summary, evidence, next_overrides, severity="warning"):
+    return {"label": label, "severity": severity, "summary": summary, "evidence": evidence,
+            "next": next_overrides}
+
+
+def diagnose(report: dict, learning_rate: float, derived_learning_rate: float, steps_per_epoch: int,
+             epochs_planned: int, audit_findings: list = ()) -> list[dict]:
+    """Classify the run from its curves; returns a list, most important first."""
+    val = report["history"]["validation"]
+    train = report["history"]["train"]
+    initial, best, last = report["initial_val_loss"], report["best_val_loss"], report["last_val_loss"]
+    best_step, steps = report["best_step"], report["steps"]
+    out = []
+    train_first = train[0]["loss"] if train else float("nan")
+    train_last = train[-1]["loss"] if train else float("nan")
+    gain = (initial - best) / initial if initial and math.isfinite(initial) else 0.0
+    evidence = {"initial_val_loss": initial, "best_val_loss": best, "last_val_loss": last,
+                "best_step": best_step, "steps": steps, "learning_rate": learning_rate,
+                "first_train_loss": train_first, "last_train_loss": train_last}
+    diverged = (not math.isfinite(train_last) or not math.isfinite(last)
+                or (train and train_last > train_first * 1.05) or (val and last > initial * 1.05))
+    if diverged or (gain < 0.01 and learning_rate > 3 * derived_learning_rate):
+        out.append(_finding(
+            LR_TOO_HIGH, f"The learning rate {learning_rate:.2g} is too high: the loss went up (training "
+            f"{train_first:.3f} -> {train_last:.3f}, validation {initial:.3f} -> {last:.3f}).", evidence,
+            [f"--config.optim.learning_rate={learning_rate / 10:.2g}"], "error"))
+    elif gain < 0.01:
+        if learning_rate < derived_learning_rate / 10:
+            out.append(_finding(
+                LR_TOO_LOW, f"The learning rate {learning_rate:.2g} is too low: validation loss moved "
+                f"{100 * gain:.2f}% in {steps} steps.", evidence,
+                [f"--config.optim.learning_rate={derived_learning_rate:.2g}"], "error"))
+        else:
+            out.append(_finding(
+                NOT_LEARNING, f"Not learning: validation loss improved only {100 * gain:.2f}% over the base "
+                "model. Check the data (doctor) and the labels; try a higher learning rate.", evidence,
+                [f"--config.optim.learning_rate={min(learning_rate * 3, 1e-3):.2g}"], "error"))
+    elif best_step < steps and last > best + 0.01 and train_last < train_first:
+        best_epoch = best_step / steps_per_epoch
+        out.append(_finding(
+            OVERFIT, f"Overfit: validation loss bottomed at step {best_step} (epoch {best_epoch:.1f}) at "
+            f"{best:.3f} and rose to {last:.3f} while training loss kept falling to {train_last:.3f}. The "
+            "export holds the best step's weights.", evidence,
+            [f"--config.train.epochs={max(1, math.ceil(best_epoch))}",
+             "more (and more varied) training data"], "info"))
+    elif best_step == steps and not report["stopped_early"] and _still_improving(val):
+        out.append(_finding(
+            UNDERFIT, f"Underfit / stopped too early: validation loss was still falling at the last step "
+            f"({best:.3f}); more training would likely help.", evidence,
+            [f"--config.train.epochs={epochs_planned * 2}",
+             f"--config.optim.learning_rate={learning_rate * 2:.2g}"], "info"))
+    else:
+        out.append(_finding(
+            HEALTHY, f"Healthy: validation loss {initial:.3f} -> {best:.3f} ({100 * gain:.1f}% lower), best at "
+            f"step {best_step} of {steps}.", evidence, [], "info"))
+    for f in audit_findings:
+        if f.severity != "error":
+            continue
+        label = TRUNCATION if f.check in ("length", "labels") else DATA if f.check in (
+            "duplicates", "templates", "diversity", "size", "leakage") else None
+        if label:
+            out.append(_finding(label, f"{f.check}: {f.figure}", {"check": f.check, **f.data}, [f.fix],
+                                "warning"))
+    return out
+
+
+def _still_improving(val_points) -> bool:
+    losses = [p["loss"] for p in val_points]
+    return len(losses) >= 3 and losses[-1] < losses[-2] < losses[-3]
