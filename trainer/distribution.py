@@ -27,3 +27,11 @@ def get_strategy(runtime_config, log=print):
         strategy = tf.distribute.MirroredStrategy()
     log(f"Strategy: {name} ({type(strategy).__name__}), {strategy.num_replicas_in_sync} replica(s).")
     return strategy
+
+
+def check_batch(strategy, global_batch: int, grad_accum_steps: int) -> None:
+    """Every replica gets the same rows, split evenly into accumulation micro-batches."""
+    replicas = strategy.num_replicas_in_sync
+    if global_batch % (replicas * grad_accum_steps):
+        raise UserError(f"--config.train.batch_size={global_batch} must divide evenly over {replicas} "
+                        f"replicas x {grad_accum_steps} accumulation steps.")

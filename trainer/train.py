@@ -179,10 +179,7 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
 
     # ------------------------------------------------------------------ strategy, model, optimizer
     strategy = distribution.get_strategy(config.runtime, log)
-    replicas = strategy.num_replicas_in_sync
-    if config.train.batch_size % (replicas * config.train.grad_accum_steps):
-        raise UserError(f"--config.train.batch_size={config.train.batch_size} must divide evenly over "
-                        f"{replicas} replicas x {config.train.grad_accum_steps} accumulation steps.")
+    distribution.check_batch(strategy, config.train.batch_size, config.train.grad_accum_steps)
     with strategy.scope():
         tf.keras.utils.set_random_seed(config.seed)
         model, loaded_from = model_lib.load_model(name_or_path, log)

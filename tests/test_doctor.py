@@ -1,0 +1,170 @@
+"""The doctor finds each defect seeded into clean data, with the right severity;
+short real trainings that go wrong on purpose get the right diagnosis."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tests.conftest import make_documents, quiet, run_cli, small_config, write_jsonl
+from trainer import data, diagnosis, doctor, train
+from trainer.errors import UserError
+
+SAMPLE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "sample", "corpus.jsonl")
+
+
+def checks(config):
+    prep = train.prepare(config, log=quiet)
+    findings, _ = doctor.run_checks(config, prep, doctor.estimate_parameters(prep.model_config))
+    return findings
+
+
+def severities(findings, check):
+    return {f.severity for f in findings if f.check == check}
+
+
+def test_clean_corpus_has_no_error(tmp_path, tiny_model_dir):
+    findings = checks(small_config(tmp_path / "o", SAMPLE, tiny_model_dir, **{"train.epochs": 3}))
+    assert not [f for f in findings if f.severity == "error"], doctor.terminal_summary(findings)
+
+
+def test_duplicates_are_an_error(tmp_path, tiny_model_dir):
+    docs = make_documents(200)
+    path = write_jsonl(tmp_path / "dup.jsonl", docs + docs[:60])  # 60 of 260 are copies
+    findings = checks(small_config(tmp_path / "o", path, tiny_model_dir))
+    assert "error" in severities(findings, "duplicates")
+
+
+def test_templated_examples_are_an_error(tmp_path, tiny_model_dir):
+    names = ["Alice", "Bruno", "Chen", "Dana", "Emil", "Fatima", "Goran", "Hana"]
+    templated = [f"Order {1000 + 7 * i} shipped on 2024-03-{1 + i % 28:02d} to {names[i % 8]}."
+                 for i in range(120)]
+    path = write_jsonl(tmp_path / "tpl.jsonl", templated + make_documents(80))
+    findings = checks(small_config(tmp_path / "o", path, tiny_model_dir))
+    assert "error" in severities(findings, "templates")
+
+
+def test_truncation_at_block_size_is_reported(tmp_path, tiny_model_dir):
+    long_docs = [" ".join(d for d in make_documents(6, seed=i)) for i in range(120)]  # ~100+ tokens each
+    path = write_jsonl(tmp_path / "long.jsonl", long_docs)
+    findings = checks(small_config(tmp_path / "o", path, tiny_model_dir, **{"data.batching": "padded"}))
+    assert "error" in severities(findings, "length")
+    fix = next(f.fix for f in findings if f.check == "length" and f.severity == "error")
+    assert "--config.data.block_size=" in fix or "batching=packed" in fix
+
+
+def test_train_validation_leakage_is_an_error(tmp_path, corpus_file, tiny_model_dir):
+    docs = [json.loads(line)["text"] for line in open(corpus_file)]
+    val = write_jsonl(tmp_path / "val.jsonl", docs[:20])  # validation copied from training
+    findings = checks(small_config(tmp_path / "o", corpus_file, tiny_model_dir,
+                                   **{"data.validation_files": val}))
+    assert "error" in severities(findings, "leakage")
+
+
+def test_too_little_data_is_a_warning(tmp_path, tiny_model_dir):
+    path = write_jsonl(tmp_path / "small.jsonl", make_documents(40))
+    findings = checks(small_config(tmp_path / "o", path, tiny_model_dir, **{"train.epochs": 2}))
+    size = [f for f in findings if f.check == "size" and f.severity == "warning"]
+    assert size and "tokens per" in size[0].figure
+    assert "warning" in severities(findings, "settings")  # 36 examples x 2 epochs < 100
+
+
+def test_huge_learning_rate_is_an_error(tmp_path, corpus_file, tiny_model_dir):
+    findings = checks(small_config(tmp_path / "o", corpus_file, tiny_model_dir, **{"optim.learning_rate": 1e-1}))
+    lr = [f for f in findings if f.check == "settings" and "learning rate" in f.figure]
+    assert lr and lr[0].severity == "error" and "--config.optim.learning_rate=" in lr[0].fix
+
+
+def test_eos_masked_by_pad_as_eos_is_an_error():
+    eos = 0
+    token_docs = [np.array([5, 6, eos], np.int32), np.array([7, 8, 9, eos], np.int32)]
+    good = data.pad_blocks(token_docs, block_size=6, pad_token_id=eos)
+    assert not [f for f in doctor.label_findings(good, eos) if f.severity == "error"]
+    # The classic bug: labels masked where the id equals the pad id, which is also EOS.
+    bad = data.pad_blocks(token_docs, block_size=6, pad_token_id=eos)
+    bad.labels = np.where(bad.input_ids == eos, data.IGNORE_INDEX, bad.input_ids).astype(np.int32)
+    errors = [f for f in doctor.label_findings(bad, eos) if f.severity == "error"]
+    assert len(errors) == 1 and "real EOS tokens are masked" in errors[0].figure
+    # Padding with labels, and labels shifted in the data as well as in the loss.
+    padded_scored = data.pad_blocks(token_docs, block_size=6, pad_token_id=eos)
+    padded_scored.labels = padded_scored.input_ids.copy()
+    assert any("padding positions carry labels" in f.figure for f in doctor.label_findings(padded_scored, eos))
+    shifted = data.pack_blocks([np.arange(1, 40, dtype=np.int32)], block_size=8)
+    shifted.labels = np.concatenate([shifted.input_ids[:, 1:], np.full([4, 1], -100)], axis=1).astype(np.int32)
+    assert any("NEXT input token" in f.figure for f in doctor.label_findings(shifted, eos))
+
+
+def test_strict_preflight_stops_before_any_output(tmp_path, tiny_model_dir):
+    docs = make_documents(200)
+    path = write_jsonl(tmp_path / "dup.jsonl", docs + docs[:80])
+    config = small_config(tmp_path / "out", path, tiny_model_dir, **{"preflight": "strict"})
+    with pytest.raises(UserError, match="doctor found .* error"):
+        train.train_and_evaluate(config, log=quiet)
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_doctor_cli_writes_its_files_and_exits_on_errors(tmp_path, corpus_file, tiny_model_dir):
+    args = ["--config=configs/default.py", f"--config.output_dir={tmp_path}/out",
+            f"--config.data.train_files={corpus_file}", f"--config.model.name_or_path={tiny_model_dir}",
+            "--config.data.block_size=32", "--config.train.batch_size=8", "--config.train.epochs=3"]
+    clean = run_cli("trainer.doctor", *args, "--config.optim.learning_rate=3e-3")
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    assert "Doctor: 0 error(s)" in clean.stdout
+    report = json.load(open(tmp_path / "out" / "doctor.json"))
+    assert {f["check"] for f in report["findings"]} >= {"size", "labels", "length"}
+    assert (tmp_path / "out" / "doctor.md").read_text().startswith("# Doctor")
+    bad = run_cli("trainer.doctor", *args, "--config.optim.learning_rate=0.1")
+    assert bad.returncode == 1 and "ERROR [settings] learning rate 0.1" in bad.stdout
+
+
+# ----------------------------------------------------------------------------- diagnosis of real runs
+
+
+def test_diagnosis_overfit_names_the_best_step(tmp_path, corpus_file, tiny_model_dir):
+    config = small_config(tmp_path / "out", corpus_file, tiny_model_dir, **{
+        "train.epochs": 40, "train.eval_every_steps": 4, "train.early_stopping_patience": 3,
+        "optim.learning_rate": 1e-2, "data.validation_fraction": 0.5, "train.batch_size": 4})
+    report = train.train_and_evaluate(config, log=quiet)
+    top = report["diagnosis"][0]
+    assert top["label"] == diagnosis.OVERFIT, top
+    assert f"step {report['best_step']}" in top["summary"] and report["best_step"] < report["steps"]
+    assert "curves.png" in open(os.path.join(config.output_dir, "report.md")).read()
+    assert os.path.getsize(os.path.join(config.output_dir, "curves.png")) > 1000
+
+
+def test_diagnosis_huge_learning_rate(tmp_path, corpus_file, tiny_model_dir):
+    config = small_config(tmp_path / "out", corpus_file, tiny_model_dir, **{
+        "optim.learning_rate": 3.0, "optim.max_grad_norm": 0.0, "train.early_stopping_patience": 0})
+    try:
+        report = train.train_and_evaluate(config, log=quiet)
+    except UserError as e:  # diverged to NaN: stopped at once
+        assert "Lower --config.optim.learning_rate" in str(e)
+        return
+    assert report["diagnosis"][0]["label"] == diagnosis.LR_TOO_HIGH, report["diagnosis"]
+
+
+def test_diagnosis_tiny_learning_rate_is_not_learning(tmp_path, corpus_file, tiny_model_dir):
+    config = small_config(tmp_path / "out", corpus_file, tiny_model_dir, **{"optim.learning_rate": 1e-9})
+    report = train.train_and_evaluate(config, log=quiet)
+    top = report["diagnosis"][0]
+    assert top["label"] == diagnosis.LR_TOO_LOW, top
+    assert top["next"] == ["--config.optim.learning_rate=0.001"]
+
+
+def test_generation_health_figures():
+    samples = [{"completion": "the the the the the the", "tokens": 6, "ended_with_eos": False},
+               {"completion": "a river runs past the old mill", "tokens": 7, "ended_with_eos": True}]
+    index = diagnosis.TrainingNgrams(["we saw that a river runs past the old mill today"], n=4)
+    health = diagnosis.generation_health(samples, index)
+    assert health["repetition"] == pytest.approx(3 / 9)  # 4 + 5 trigrams, 3 repeats in the first
+    assert health["ended_with_eos"] == 0.5 and health["mean_length_tokens"] == 6.5
+    assert health["memorised"] == pytest.approx(4 / 7)  # 4 of the 7 generated 4-grams are in training
+
+
+def test_monitor_flags_overfitting_and_divergence():
+    train_points = [{"loss": x} for x in (5.0, 4.0, 3.0, 2.5)]
+    val = [{"loss": x} for x in (5.0, 4.0, 3.9, 4.1, 4.3)]
+    assert "overfitting" in diagnosis.monitor(train_points, val)
+    val = [{"loss": x} for x in (5.0, 4.0, 3.9, 6.0)]
+    assert "divergence" in diagnosis.monitor(train_points, val)
