@@ -168,3 +168,10 @@ def test_monitor_flags_overfitting_and_divergence():
     assert "overfitting" in diagnosis.monitor(train_points, val)
     val = [{"loss": x} for x in (5.0, 4.0, 3.9, 6.0)]
     assert "divergence" in diagnosis.monitor(train_points, val)
+
+
+def test_overfit_one_batch_passes_on_a_sound_model(tmp_path, corpus_file, tiny_model_dir):
+    config = small_config(tmp_path / "o", corpus_file, tiny_model_dir)
+    finding = doctor.overfit_one_batch(config, train.prepare(config, log=quiet), log=quiet)
+    assert finding.severity == "info", finding
+    assert finding.data["last_loss"] < 0.3 * finding.data["first_loss"]

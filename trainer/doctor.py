@@ -158,15 +158,23 @@ def estimate_parameters(model_config) -> int:
     return int(model_config.vocab_size * d + model_config.n_positions * d + layers * (12 * d * d + 13 * d) + 2 * d)
 
 
-def overfit_one_batch(config, prep, steps: int = 60, log=print) -> Finding:
-    """Train on one batch only: a correctly wired model drives its loss near zero."""
+def overfit_one_batch(config, prep, steps: int = 100, log=print) -> Finding:
+    """Train on one batch only: a correctly wired model drives its loss near zero.
+
+    One batch tolerates a larger step than a corpus: 3x the run's learning rate,
+    held constant after a 5-step warm-up. Passing means the loss fell below 30%
+    of its start (e.g. 5.7 -> under 1.7 nats)."""
+    import ml_collections
     import tensorflow as tf
 
     from trainer import data as data_lib, model as model_lib, steps as steps_lib
 
     model, _ = model_lib.load_model(config.model.name_or_path, log=lambda m: None)
-    plan = dataclasses.replace(prep.plan, warmup_steps=5, total_steps=steps)
-    optimizer = optimization.make_optimizer(plan, config.optim)
+    plan = dataclasses.replace(prep.plan, warmup_steps=5, total_steps=steps,
+                               learning_rate=3 * prep.plan.learning_rate)
+    optim = ml_collections.ConfigDict(config.optim.to_dict())
+    optim.schedule = "constant"
+    optimizer = optimization.make_optimizer(plan, optim)
     step = steps_lib.make_train_step(model, optimizer, tf.distribute.get_strategy(), 1, 1.0)
     batch = next(iter(data_lib.train_dataset(prep.train_blocks, min(config.train.batch_size, prep.train_blocks.rows),
                                              1, 1, 0, config.seed)))
