@@ -1,6 +1,6 @@
 # Every target works as the first command on a fresh clone: it creates .venv
 # and installs what it needs (the stamp file makes re-runs instant).
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -11,7 +11,6 @@ CONFIG ?= configs/local.py
 install: $(STAMP)
 
 $(STAMP): setup.py
-	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; run: make PYTHON=python3 $(MAKECMDGOALS)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test]"
