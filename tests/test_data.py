@@ -73,8 +73,6 @@ def test_split_then_pack_puts_no_validation_token_in_training_blocks():
 
 
 def test_training_order_resumes_exactly():
-    import tensorflow as tf  # noqa: F401
-
     blocks = data.pack_blocks(docs(*([7] * 40)), block_size=4)  # 80 rows
     full = [b["input_ids"].numpy() for b in data.train_dataset(blocks, 8, 10, 25, 0, seed=1)]
     resumed = [b["input_ids"].numpy() for b in data.train_dataset(blocks, 8, 10, 25, 13, seed=1)]

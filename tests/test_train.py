@@ -102,8 +102,9 @@ def test_export_holds_the_best_weights_not_the_last(tmp_path, corpus_file, tiny_
     assert report["best_step"] < report["steps"]
     assert report["last_val_loss"] > report["best_val_loss"]
     # The exported model scores the best validation loss, not the last one.
-    from trainer import checkpoints, data, evaluation, steps
     import tensorflow as tf
+
+    from trainer import data, evaluation, steps
 
     exported, _ = model_lib.load_model(report["export_dir"], log=quiet)
     tokenizer = model_lib.load_tokenizer(report["export_dir"])
@@ -112,7 +113,6 @@ def test_export_holds_the_best_weights_not_the_last(tmp_path, corpus_file, tiny_
     metrics = evaluation.evaluate(steps.make_eval_step(exported, tf.distribute.get_strategy()),
                                   data.eval_dataset(blocks, 4, tokenizer.pad_token_id))
     assert metrics["loss"] == pytest.approx(report["best_val_loss"], rel=1e-4)
-    del checkpoints
 
 
 def test_interrupted_run_resumes_at_the_right_step(tmp_path, corpus_file, tiny_model_dir):

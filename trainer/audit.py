@@ -856,6 +856,8 @@ def audit_corpus(train_docs: list[str], val_docs: list[str], token_lengths: list
     if token_lengths is None and tokenize is not None:
         token_counts = [len(ids) for ids in tokenize(list(train_docs))]
         token_lengths = [count + 1 for count in token_counts]  # + the EOS the trainer appends
+    elif token_lengths is not None:
+        token_counts = [length - 1 for length in token_lengths]  # fertility counts words' tokens, no EOS
     stats = {"size": {"train_documents": len(train_docs), "validation_documents": len(val_docs),
                       "train_tokens": int(sum(token_lengths)) if token_lengths is not None else None}}
     findings = size_findings(len(train_docs), len(val_docs), stats["size"]["train_tokens"])

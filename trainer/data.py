@@ -205,6 +205,7 @@ class Blocks:
     dropped_tokens: int = 0     # packed: the tail shorter than one block
     truncated_documents: int = 0  # padded: documents longer than block_size
     truncated_tokens: int = 0
+    document_lengths: np.ndarray | None = None  # tokens per document, EOS included (for the doctor)
 
     @property
     def rows(self) -> int:
@@ -242,7 +243,8 @@ def pack_blocks(token_ids: list[np.ndarray], block_size: int, pad_token_id: int 
         mask = np.concatenate([mask, (np.arange(block_size) < tail).astype(np.int32)[None]])
         tail = 0
     labels = np.where(mask == 1, ids, IGNORE_INDEX).astype(np.int32)
-    return Blocks(ids, mask, labels, documents=len(token_ids), tokens=len(stream), dropped_tokens=tail)
+    return Blocks(ids, mask, labels, documents=len(token_ids), tokens=len(stream), dropped_tokens=tail,
+                  document_lengths=np.array([len(d) for d in token_ids], np.int64))
 
 
 def pad_blocks(token_ids: list[np.ndarray], block_size: int, pad_token_id: int) -> Blocks:
@@ -265,7 +267,8 @@ def pad_blocks(token_ids: list[np.ndarray], block_size: int, pad_token_id: int) 
         mask[row, :length] = 1
     labels = np.where(mask == 1, ids, IGNORE_INDEX).astype(np.int32)
     return Blocks(ids, mask, labels, documents=n, tokens=int(sum(len(d) for d in token_ids)),
-                  truncated_documents=truncated_documents, truncated_tokens=truncated_tokens)
+                  truncated_documents=truncated_documents, truncated_tokens=truncated_tokens,
+                  document_lengths=np.array([len(d) for d in token_ids], np.int64))
 
 
 def make_blocks(documents, tokenizer, data_config, desc, keep_tail=False):

@@ -141,8 +141,10 @@ def run_checks(config, prep, n_params: int, replicas: int = 1) -> tuple[list[Fin
     def tokenize(texts):
         return tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
 
-    findings, stats = audit.audit_corpus(  # token lengths: the audit tokenizes with `tokenize` itself
-        prep.documents.train, prep.documents.validation, None, config.data.block_size, config.data.batching,
+    # Lengths from the trainer's own tokenization: the corpus is not tokenized a second time.
+    findings, stats = audit.audit_corpus(
+        prep.documents.train, prep.documents.validation, prep.train_blocks.document_lengths.tolist(),
+        config.data.block_size, config.data.batching,
         tokenize=tokenize, n_positions=prep.model_config.n_positions, seed=config.seed)
     findings += settings_findings(config, prep.plan, len(prep.documents.train), prep.model_config.n_embd,
                                   n_params, prep.train_blocks.tokens, replicas)

@@ -14,6 +14,7 @@ check, after loading, that every weight equals the array it came from.
 """
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -71,8 +72,12 @@ def choose_weights(folder: str) -> LoadedFrom:
         f"{SAFETENSORS_INDEX}, {PYTORCH_BIN}; the folder has {found}).")
 
 
+@functools.lru_cache(maxsize=None)
 def resolve_model_dir(name_or_path: str) -> str:
-    """A local folder as is; a hub name downloaded with only the weight file we will load."""
+    """A local folder as is; a hub name downloaded with only the weight file we will load.
+
+    Cached: tokenizer, config and weights all resolve the same name, and a hub
+    name should cost one listing and one download per process, not three."""
     if os.path.isdir(name_or_path):
         return name_or_path
     if os.path.exists(name_or_path) or name_or_path.startswith((".", "/", "~")):
