@@ -13,7 +13,7 @@ install: $(STAMP)
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,torch]"
 	touch $(STAMP)
 
 # The main job: the embedded sample on a tiny GPT-2 built here (no network).

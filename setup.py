@@ -31,5 +31,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8"],
+        # Reading pytorch_model.bin checkpoints (torch pickles). The CPU build; on the
+        # project's machines pip finds it offline in its find-links folder.
+        "torch": ["torch==2.13.0"],
     },
 )

@@ -45,17 +45,27 @@ def corpus_file(tmp_path_factory):
     return write_jsonl(tmp_path_factory.mktemp("corpus") / "train.jsonl", make_documents(240))
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
-    """A 1-layer, 32-wide GPT-2 with a 300-token BPE vocabulary, no dropout."""
+def build_tiny_model(folder, dropout):
+    """A 1-layer, 32-wide GPT-2 with a 300-token BPE vocabulary."""
     from trainer import model as model_lib
 
-    folder = str(tmp_path_factory.mktemp("models") / "tiny")
     tiny = default.get_config().model.tiny
     tiny.n_layer, tiny.n_embd, tiny.n_head, tiny.n_positions, tiny.vocab_size = 1, 32, 2, 64, 300
-    tiny.dropout = 0.0
-    model_lib.build_tiny(folder, make_documents(240), tiny, seed=0, log=lambda m: None)
-    return folder
+    tiny.dropout = dropout
+    model_lib.build_tiny(str(folder), make_documents(240), tiny, seed=0, log=lambda m: None)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """No dropout: two runs of the same steps give the same weights, bit for bit."""
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny", dropout=0.0)
+
+
+@pytest.fixture(scope="session")
+def tiny_dropout_model_dir(tmp_path_factory):
+    """Dropout 0.1, as distilgpt2 has: a resumed run matches within tolerance, not bit for bit."""
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-dropout", dropout=0.1)
 
 
 def small_config(output_dir, train_files, model_dir, **overrides):
@@ -84,11 +94,24 @@ def quiet(_message):
     """log= for train_and_evaluate in tests."""
 
 
-def run_cli(module, *args, timeout=300):
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cli(module, *args, timeout=300, env=None):
     """Run `python -m module args` from the repo root; returns CompletedProcess."""
     import subprocess
     import sys
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=root, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def cli_args(config, **overrides):
+    """--config=configs/default.py plus the overrides that make `config` (a small_config)."""
+    values = {"output_dir": config.output_dir, "data.train_files": config.data.train_files,
+              "model.name_or_path": config.model.name_or_path, "data.block_size": config.data.block_size,
+              "train.batch_size": config.train.batch_size, "train.epochs": config.train.epochs,
+              "optim.learning_rate": config.optim.learning_rate,
+              "eval.max_new_tokens": config.eval.max_new_tokens, "eval.num_prompts": config.eval.num_prompts,
+              **overrides}
+    return ["--config=configs/default.py"] + [f"--config.{k}={v}" for k, v in values.items()]

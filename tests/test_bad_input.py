@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from tests.conftest import make_documents, quiet, run_cli, small_config, write_jsonl
+from tests.conftest import cli_args, make_documents, quiet, run_cli, small_config, write_jsonl
 from trainer import train
 from trainer.errors import UserError
 
@@ -30,14 +30,6 @@ def earlier_run(tmp_path_factory, corpus_file, tiny_model_dir):
     return config
 
 
-def cli_args(config, **overrides):
-    values = {"output_dir": config.output_dir, "data.train_files": config.data.train_files,
-              "model.name_or_path": config.model.name_or_path, "data.block_size": 32,
-              "train.batch_size": 8, "train.epochs": 1, "optim.learning_rate": 3e-3,
-              "eval.max_new_tokens": 4, "eval.num_prompts": 1, **overrides}
-    return ["--config=configs/default.py"] + [f"--config.{k}={v}" for k, v in values.items()]
-
-
 def bad_files(tmp_path):
     good = [json.dumps({"text": d}) for d in make_documents(30)]
     cases = {
@@ -54,33 +46,55 @@ def bad_files(tmp_path):
 
 
 def test_bad_data_files_through_the_cli(tmp_path, earlier_run):
-    before = tree_digest(earlier_run.output_dir)
+    output = tmp_path / "new-run"
     for path, message in bad_files(tmp_path).items():
-        result = run_cli("trainer.task", *cli_args(earlier_run, **{"data.train_files": path}))
+        result = run_cli("trainer.task", *cli_args(earlier_run, **{"data.train_files": path,
+                                                                   "output_dir": output}))
         assert result.returncode == 2, (path, result.stderr[-2000:])
         assert message in result.stderr, (message, result.stderr[-2000:])
         assert "Traceback" not in result.stderr
-    assert tree_digest(earlier_run.output_dir) == before
+    assert not output.exists()  # nothing written for a run that could not start
 
 
-@pytest.mark.parametrize("override, exit_code, message", [
-    ({"optim.learning_rate": -1e-4}, 2, "--config.optim.learning_rate=-0.0001 must be positive"),
-    ({"optim.learning_rate": 0.0}, 2, "--config.optim.learning_rate=0.0 must be positive"),
-    ({"data.block_size": 128}, 2, "--config.data.block_size=128 is longer than the model's 64 positions"),
-    ({"train.batch_size": 512}, 2, "fewer than one batch of --config.train.batch_size=512"),
-    ({"data.train_files": "/nonexistent/*.jsonl"}, 2, "--config.data.train_files: no file matches"),
-    ({"train.learning_rate": 1e-4}, 2,  # unknown key: it lives in optim
+# existing=True: aimed at a finished run, which must stay byte for byte as it was;
+# False: needs the data or the model to detect, aimed at a new folder that must not appear.
+@pytest.mark.parametrize("override, existing, message", [
+    ({"optim.learning_rate": -1e-4}, True, "--config.optim.learning_rate=-0.0001 is not valid: use positive"),
+    ({"optim.learning_rate": 0.0}, True, "--config.optim.learning_rate=0.0 is not valid: use positive"),
+    ({"train.log_every_steps": 0}, True, "--config.train.log_every_steps=0 is not valid: use at least 1"),
+    ({"eval.batch_size": 0}, True, "--config.eval.batch_size=0 is not valid: use at least 1"),
+    ({"train.keep_checkpoints": 0}, True, "--config.train.keep_checkpoints=0 is not valid: use at least 1"),
+    ({"optim.warmup_ratio": 1.5}, True, "--config.optim.warmup_ratio=1.5 is not valid: use in [0, 1)"),
+    ({"optim.warmup_ratio": -0.1}, True, "--config.optim.warmup_ratio=-0.1 is not valid: use in [0, 1)"),
+    ({"optim.max_grad_norm": -1.0}, True, "--config.optim.max_grad_norm=-1.0 is not valid: use 0 (no clipping)"),
+    ({"train.learning_rate": 1e-4}, True,  # unknown key: it lives in optim
      "--config.train.learning_rate is not a config key (see configs/default.py). Did you mean "
      "--config.optim.learning_rate?"),
-    ({"train.batch_size": "sixteen"}, 2, "--config.train.batch_size=sixteen: invalid literal"),
+    ({"train.batch_size": "sixteen"}, True, "--config.train.batch_size=sixteen: invalid literal"),
+    ({"optim.warmup_steps": 40}, False, "--config.optim.warmup_steps=40 is not below the run's 40 steps"),
+    ({"data.block_size": 128}, False, "--config.data.block_size=128 is longer than the model's 64 positions"),
+    ({"train.batch_size": 512}, False, "fewer than one batch of --config.train.batch_size=512"),
+    ({"data.train_files": "/nonexistent/*.jsonl"}, False, "--config.data.train_files: no file matches"),
 ])
-def test_bad_settings_through_the_cli(earlier_run, override, exit_code, message):
+def test_bad_settings_through_the_cli(tmp_path, earlier_run, override, existing, message):
+    output = earlier_run.output_dir if existing else tmp_path / "new-run"
     before = tree_digest(earlier_run.output_dir)
-    result = run_cli("trainer.task", *cli_args(earlier_run, **override))
-    assert result.returncode == exit_code, result.stderr[-2000:]
+    result = run_cli("trainer.task", *cli_args(earlier_run, output_dir=output, **override))
+    assert result.returncode == 2, result.stderr[-2000:]
     assert message in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert tree_digest(earlier_run.output_dir) == before
+    assert existing or not output.exists()
+
+
+def test_every_schema_field_has_a_rule():
+    from configs import default
+    from trainer import settings
+
+    assert set(settings.flatten(default.get_config())) == set(settings.RULES)
+    config = default.get_config()
+    config.data.train_files = "x.jsonl"
+    settings.check(config)  # the defaults themselves pass
 
 
 def test_a_different_run_in_the_output_dir_is_not_overwritten(earlier_run):

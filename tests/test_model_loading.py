@@ -8,6 +8,7 @@ PyTorch side names and lays them out, from a TF model's weights.
 import json
 import os
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -122,12 +123,8 @@ def test_a_reshaped_weight_is_refused(source, tiny_model_dir, tmp_path):
         model_lib.load_model(folder, log=quiet)
 
 
-def test_pytorch_bin_without_torch_says_how_to_convert(tiny_model_dir, tmp_path):
-    try:
-        import torch  # noqa: F401
-        pytest.skip("torch is installed here; the message is for machines without it")
-    except ImportError:
-        pass
+def test_pytorch_bin_without_torch_says_how_to_convert(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` fails, as on a machine without it
     folder = str(tmp_path / "bin")
     side_files(tiny_model_dir, folder)
     open(os.path.join(folder, "pytorch_model.bin"), "wb").write(b"not read")
@@ -179,15 +176,59 @@ def test_pytorch_export_round_trips(source, tiny_model_dir, tmp_path, batch):
     assert_same_model(model, source, batch)
 
 
-def test_replace_dir_keeps_the_old_folder_when_writing_fails(tmp_path):
-    folder = tmp_path / "export"
-    folder.mkdir()
-    (folder / "keep.txt").write_text("old")
 
-    def fail(tmp):
-        open(os.path.join(tmp, "half.txt"), "w").write("partial")
-        raise RuntimeError("disk full")
 
-    with pytest.raises(RuntimeError):
-        model_lib.replace_dir(str(folder), fail)
-    assert os.listdir(folder) == ["keep.txt"] and len(os.listdir(tmp_path)) == 1
+def write_bfloat16_safetensors(state: dict, path: str) -> None:
+    """safetensors with BF16 tensors, as many current checkpoints ship (numpy cannot write them)."""
+    import ml_dtypes
+
+    header, blobs, offset = {"__metadata__": {"format": "pt"}}, [], 0
+    for name in sorted(state):
+        blob = np.ascontiguousarray(state[name].astype(ml_dtypes.bfloat16)).tobytes()
+        header[name] = {"dtype": "BF16", "shape": list(state[name].shape),
+                        "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    with open(path, "wb") as f:
+        f.write(len(encoded).to_bytes(8, "little") + encoded + b"".join(blobs))
+
+
+def test_bfloat16_safetensors_load_upcast_exactly(source, tiny_model_dir, tmp_path, batch):
+    import ml_dtypes
+
+    folder = str(tmp_path / "bf16")
+    side_files(tiny_model_dir, folder)
+    write_bfloat16_safetensors(model_lib.pytorch_state_dict(source), os.path.join(folder, "model.safetensors"))
+    model, loaded = model_lib.load_model(folder, log=quiet)
+    assert loaded.format == "pt-safetensors"
+    by_name = {model_lib.canonical_name(w.name): w.numpy() for w in source.weights}
+    for w in model.weights:  # every weight is the bfloat16 value, upcast without change
+        expected = by_name[model_lib.canonical_name(w.name)].astype(ml_dtypes.bfloat16).astype(np.float32)
+        np.testing.assert_array_equal(w.numpy(), expected)
+
+
+def torch_state(source_model, rename=None):
+    import torch
+
+    state = {k: torch.from_numpy(v.copy()) for k, v in model_lib.pytorch_state_dict(source_model).items()}
+    state["lm_head.weight"] = state["transformer.wte.weight"]
+    if rename:
+        state[rename[1]] = state.pop(rename[0])
+    return state
+
+
+def test_pytorch_bin_is_verified_against_the_file(source, tiny_model_dir, tmp_path, batch):
+    torch = pytest.importorskip("torch")  # installed by `make install` (the torch extra)
+    folder = str(tmp_path / "bin")
+    side_files(tiny_model_dir, folder)
+    torch.save(torch_state(source), os.path.join(folder, "pytorch_model.bin"))
+    model, loaded = model_lib.load_model(folder, log=quiet)
+    assert loaded.format == "pt-bin"
+    assert_same_model(model, source, batch)
+    # A naming mismatch used to load "fine" with that weight left random: now it is refused by name.
+    torch.save(torch_state(source, rename=("transformer.h.0.attn.c_attn.weight", "transformer.h.0.attn.qkv.weight")),
+               os.path.join(folder, "pytorch_model.bin"))
+    with pytest.raises(UserError, match=r"1 weight\(s\) of the model are missing.*c_attn/weight"):
+        model_lib.load_model(folder, log=quiet)

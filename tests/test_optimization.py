@@ -46,12 +46,34 @@ def test_decay_values():
 
 
 @pytest.mark.parametrize("schedule", optimization.SCHEDULES)
-def test_tensorflow_schedule_matches_the_python_one(schedule):
-    p = plan(total=50, warmup=5)
-    tf_schedule = optimization.make_schedule(p, optim(schedule))
-    for step in (0, 3, 4, 5, 6, 20, 49, 60):
-        assert float(tf_schedule(step)) == pytest.approx(optimization.lr_value(step, p, optim(schedule)),
-                                                         rel=1e-5)
+def test_the_optimizer_applies_the_schedule_step_by_step(schedule):
+    """What AdamW really does, not the formula against itself: with a constant gradient of 1
+    and no weight decay, Adam's step is lr x m_hat / (sqrt(v_hat) + eps) = lr (to 1e-8), so
+    each update's size IS the learning rate the optimizer used at that step."""
+    import tensorflow as tf
+
+    p = plan(total=30, warmup=5, peak=1e-2)
+    config = optim(schedule)
+    config.weight_decay = 0.0
+    optimizer = optimization.make_optimizer(p, config)
+    weight = tf.Variable([0.0])
+    applied = []
+    for _ in range(30):
+        before = float(weight[0])
+        optimizer.apply_gradients([(tf.constant([1.0]), weight)])
+        applied.append(before - float(weight[0]))
+    # Independent closed forms (warm-up: (s+1)/5 x peak; decay over steps 5..29, span 24).
+    expected = []
+    for s in range(30):
+        if s < 5:
+            expected.append(1e-2 * (s + 1) / 5)
+            continue
+        progress = (s - 5) / 24
+        expected.append({"linear": 1e-2 - 9e-3 * progress,
+                         "cosine": 1e-3 + 9e-3 * 0.5 * (1 + math.cos(math.pi * progress)),
+                         "inverse_sqrt": 1e-2 * math.sqrt(5 / (s + 1)),
+                         "constant": 1e-2}[schedule])
+    assert applied == pytest.approx(expected, rel=1e-4)
 
 
 def test_unknown_schedule_is_a_user_error():
@@ -63,8 +85,15 @@ def test_derived_epochs_follow_the_stated_rule():
     assert optimization.derived_epochs(20) == 10     # 300 / 20 = 15, capped at 10 epochs
     assert optimization.derived_epochs(100) == 3     # 300 steps
     assert optimization.derived_epochs(500) == 3     # 1,500 steps
-    assert optimization.derived_epochs(2000) == 2    # ~3,000 steps
-    assert optimization.derived_epochs(10000) == 1
+    assert optimization.derived_epochs(1000) == 3    # 3,000 steps exactly
+    assert optimization.derived_epochs(1200) == 2    # 2,400 steps, not 3,600
+    assert optimization.derived_epochs(1501) == 1    # 1,501 steps, not 3,002
+    assert optimization.derived_epochs(10000) == 1   # one epoch alone is longer than 3,000 steps
+    # The stated bound: never over 3,000 steps unless a single epoch is longer.
+    for steps_per_epoch in range(1, 6001):
+        total = optimization.derived_epochs(steps_per_epoch) * steps_per_epoch
+        assert total <= max(3000, steps_per_epoch), steps_per_epoch
+        assert total >= min(300, 10 * steps_per_epoch), steps_per_epoch
 
 
 def test_derived_learning_rate_scales_with_width_and_batch():
@@ -101,13 +130,25 @@ def test_plan_refuses_data_smaller_than_one_batch():
 
 
 def test_biases_and_layernorm_are_not_decayed(tiny_model_dir):
+    """One real update with zero gradients: Adam moves nothing, so only weight decay acts,
+    shrinking decayed weights by (1 - lr x weight_decay) and leaving the rest untouched."""
+    import tensorflow as tf
+
     from trainer import model as model_lib
 
     model, _ = model_lib.load_model(tiny_model_dir, log=lambda m: None)
-    optimizer = optimization.make_optimizer(plan(), default.get_config().optim)
-    optimizer.build(model.trainable_variables)
-    decayed = {v.name for v in model.trainable_variables if optimizer._use_weight_decay(v)}
-    assert any("c_attn/weight" in n for n in decayed)
-    assert any("wte" in n for n in decayed)
+    config = default.get_config().optim
+    config.weight_decay = 0.1
+    optimizer = optimization.make_optimizer(plan(total=10, warmup=1, peak=1e-2), config)
+    before = {v.name: v.numpy().copy() for v in model.trainable_variables}
+    optimizer.apply_gradients([(tf.zeros_like(v), v) for v in model.trainable_variables])
+    decayed, kept = set(), set()
+    for v in model.trainable_variables:
+        if np.array_equal(v.numpy(), before[v.name]):
+            kept.add(v.name)
+        else:
+            np.testing.assert_allclose(v.numpy(), before[v.name] * (1 - 1e-2 * 0.1), rtol=1e-6)
+            decayed.add(v.name)
+    assert any("c_attn/weight" in n for n in decayed) and any("wte" in n for n in decayed)
+    assert all("bias" in n or "ln_" in n for n in kept) and any("ln_f" in n for n in kept)
     assert not any("bias" in n or "ln_" in n for n in decayed)
-    assert np.isclose(optimizer.weight_decay, 0.01)

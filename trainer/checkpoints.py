@@ -1,72 +1,185 @@
 """Checkpoints: resumable training state, the best weights, and resume safety.
 
-OUTPUT/checkpoints/       latest states (weights, optimizer slots, step, run state), keep N
-OUTPUT/checkpoints/best/  the weights with the lowest validation loss so far
+OUTPUT/config.json               the run's identity: the config as given, the plan of the
+                                 first launch and a fingerprint of the data
+OUTPUT/checkpoints/ckpt-N        latest states: weights, optimizer slots, step and RunState
+OUTPUT/checkpoints/best/ckpt-N   the weights with the lowest validation loss; N = best_step
 
-Re-running a command on the same output directory restores the latest state;
-the step fixes the learning rate and the data position (trainer/data.py:
-epoch_order), so the run continues as if never stopped.
+Guarantees under a kill at any instant (SIGKILL included):
+- the latest state on disk is complete (TensorFlow writes the `checkpoint`
+  file that names it last, with an atomic rename);
+- the best weights named by that state's `best_step` are on disk: they are
+  written BEFORE the state that names them, and an older best is deleted only
+  AFTER a state naming the newer one is on disk. On restore, best checkpoints
+  the restored state does not name (newer ones from a killed sequence, older
+  leftovers) are deleted;
+- a resumed run uses the plan stored at the first launch (steps, warm-up,
+  decay, evaluation interval), so the learning rate at every step is the
+  uninterrupted run's, and the data order is a function of (seed, epoch).
 """
 
+import glob
+import hashlib
 import json
 import os
 
+import numpy as np
+
+from trainer import filesystem, settings
 from trainer.errors import UserError
 
-# Config sections that may change between a run and its resumption: they do not
-# alter what the finished model is (logging, evaluation prompts, devices).
+# Format of config.json: a run written by another format is not resumed.
+RUN_FORMAT = 2
+# Config keys that may change between a run and its resumption: they do not
+# alter what the finished model is (logging, evaluation output, devices,
+# checkpoint cadence). train.max_steps may change only where it leaves the
+# stored plan's total steps as they were (checked against the plan).
 RESUMABLE_CHANGES = ("runtime.", "eval.", "preflight", "train.log_every_steps", "train.max_steps",
                      "train.early_stopping", "train.keep_checkpoints", "train.checkpoint_every_steps")
+# Plan fields a resume may change: how often to save does not change the model.
+RESUMABLE_PLAN_FIELDS = ("checkpoint_every_steps",)
+# What tunewell itself writes into an output directory (and trainer.doctor / lr_find).
+RUN_FILES = {"config.json", "report.json", "report.md", "curves.png", "metrics.jsonl", "doctor.json",
+             "doctor.md", "logs", "checkpoints", "export", "export_pytorch", "lr_find"}
 
 
-def _flatten(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+def data_fingerprint(train_blocks, val_blocks) -> dict:
+    """Rows, tokens and a hash of the token ids the run trains and validates on.
+
+    Hashing the tokenized blocks, not the files, also catches a changed
+    tokenizer, block size or validation split (~1 s per 250M tokens)."""
+    digest = hashlib.sha256()
+    for blocks in (train_blocks, val_blocks):
+        for array in (blocks.input_ids, blocks.labels):
+            digest.update(np.ascontiguousarray(array).tobytes())
+    return {"train_rows": train_blocks.rows, "train_tokens": train_blocks.tokens,
+            "validation_rows": val_blocks.rows, "validation_tokens": val_blocks.tokens,
+            "sha256": digest.hexdigest()}
 
 
-def check_resume_compatible(output_dir: str, config: dict) -> bool:
-    """True when output_dir holds an earlier run of this same config (resume);
-    False when it holds none. A different run there is an error, never overwritten."""
-    path = os.path.join(output_dir, "config.json")
-    if not os.path.exists(path):
-        return False
-    with open(path) as f:
-        old = _flatten(json.load(f).get("config", {}))
-    new = _flatten(config)
-    changed = [k for k in sorted(set(old) | set(new))
-               if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES)]
-    if changed:
-        diffs = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:6])
-        raise UserError(
-            f"{output_dir} holds a run with other settings ({diffs}). Re-running on the same "
-            "--config.output_dir resumes that run, so its settings must match. Use a new "
-            "--config.output_dir, or delete the old one to start over.")
-    return True
+class OutputDir:
+    """What is in an output directory before this run writes anything."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.config_path = os.path.join(path, "config.json")
+        self.report_path = os.path.join(path, "report.json")
+        self.stored = None  # config.json of an earlier launch
+        if not os.path.isdir(path):
+            if os.path.exists(path):
+                raise UserError(f"--config.output_dir={path} is a file, not a folder. Pick a new "
+                                "--config.output_dir.")
+            return
+        entries = sorted(e for e in os.listdir(path) if filesystem.TMP_MARK not in e)
+        if os.path.exists(self.config_path):
+            try:
+                stored = filesystem.read_json(self.config_path)
+            except (ValueError, OSError):
+                stored = None
+            if isinstance(stored, dict) and stored.get("tunewell", {}).get("format") == RUN_FORMAT:
+                self.stored = stored
+                return
+            if isinstance(stored, dict) and "tunewell" in stored:
+                raise UserError(
+                    f"--config.output_dir={path} holds a run written by another version of tunewell "
+                    f"(format {stored['tunewell'].get('format')}, this one writes {RUN_FORMAT}); it cannot "
+                    "be resumed. Use a new --config.output_dir.")
+        foreign = [e for e in entries if e not in RUN_FILES or e == "config.json"]
+        if foreign:
+            raise UserError(
+                f"--config.output_dir={path} holds something other than a tunewell run ({', '.join(foreign[:6])}"
+                f"{', ...' if len(foreign) > 6 else ''}): refusing to write there. Is it a model folder? Pick "
+                "an empty or new --config.output_dir.")
+
+    @property
+    def complete(self) -> bool:
+        """report.json is written last: a run that has it has finished and exported."""
+        return self.stored is not None and os.path.exists(self.report_path)
+
+    def check_config(self, config) -> None:
+        """The config as given must match the stored one outside RESUMABLE_CHANGES."""
+        old = settings.flatten(self.stored["requested"])
+        new = settings.flatten(config.to_dict())
+        changed = [k for k in sorted(set(old) | set(new))
+                   if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES)]
+        if changed:
+            diffs = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:6])
+            raise UserError(
+                f"{self.path} holds a run with other settings ({diffs}). Re-running on the same "
+                "--config.output_dir resumes that run, so its settings must match. Use a new "
+                "--config.output_dir, or delete the old one to start over.")
+
+    def check_data(self, fingerprint: dict) -> None:
+        old = self.stored["data_fingerprint"]
+        if old != fingerprint:
+            what = "; ".join(f"{k} {old.get(k)} -> {fingerprint[k]}" for k in fingerprint
+                             if old.get(k) != fingerprint[k] and k != "sha256") or "same size, other tokens"
+            raise UserError(
+                f"The data differs from the data this run in {self.path} started on ({what}), though "
+                "--config.data.* names the same files: they were edited. Resuming would train the rest of "
+                "the run on other examples in another order. Restore the files, or use a new "
+                "--config.output_dir for the new data.")
+
+    def stored_plan(self, plan, config):
+        """The first launch's plan; refuse a change of settings that would alter it."""
+        from trainer.optimization import TrainingPlan
+
+        stored = {k: v for k, v in self.stored["plan"].items()}
+        fresh = {k: v for k, v in vars(plan).items() if k != "derived"}
+        changed = [k for k in fresh if k not in RESUMABLE_PLAN_FIELDS and fresh[k] != stored.get(k)]
+        if changed:
+            old_max = self.stored["requested"]["train"]["max_steps"]
+            cause = (f"--config.train.max_steps changed from {old_max} to {config.train.max_steps}"
+                     if old_max != config.train.max_steps else "the plan's rules changed (another version)")
+            raise UserError(
+                f"{cause}: that changes this run's plan ({', '.join(f'{k} {stored.get(k)} -> {fresh[k]}' for k in changed)})"
+                f", which fixes the learning-rate decay, warm-up and evaluation interval of {self.path}. "
+                f"Resume with --config.train.max_steps={old_max}, or start a new --config.output_dir.")
+        stored["checkpoint_every_steps"] = plan.checkpoint_every_steps
+        return TrainingPlan(**stored, derived=self.stored.get("derived", {}))
+
+    def write_config(self, requested, resolved, plan, fingerprint, data_stats) -> None:
+        from trainer import __version__
+
+        filesystem.write_json(self.config_path, {
+            "tunewell": {"format": RUN_FORMAT, "version": __version__},
+            "requested": requested, "config": resolved, "derived": plan.derived,
+            "plan": {k: v for k, v in vars(plan).items() if k != "derived"},
+            "data_fingerprint": fingerprint, "data": data_stats})
 
 
 class RunState:
-    """Scalars that must survive a restart, kept in the checkpoint with the weights."""
+    """Host-side scalars that must survive a restart, saved inside each checkpoint.
+
+    A tf.train.experimental.PythonState: written atomically with the weights
+    it describes, and no device variables (TPUs have no float64).
+    """
 
     FIELDS = {"best_val_loss": float("inf"), "best_step": -1, "evals_since_best": 0,
-              "initial_val_loss": float("nan"), "train_tokens": 0, "train_seconds": 0.0,
-              "stopped_early": 0}
+              "initial_val_loss": float("nan"), "last_eval_step": -1, "train_tokens": 0,
+              "train_seconds": 0.0, "stopped_early": False, "monitors": [], "samples": [],
+              "window": {}}
 
     def __init__(self):
         import tensorflow as tf
 
-        self.variables = {name: tf.Variable(float(value), trainable=False, dtype=tf.float64, name=name)
-                          for name, value in self.FIELDS.items()}
+        outer = self
+
+        class _Saveable(tf.train.experimental.PythonState):
+            def serialize(self):
+                return json.dumps(outer.values)
+
+            def deserialize(self, string_value):
+                outer.values = {**RunState.FIELDS, **json.loads(string_value)}
+
+        self.values = json.loads(json.dumps(self.FIELDS))
+        self.trackable = _Saveable()
 
     def __getitem__(self, name):
-        return self.variables[name].numpy().item()
+        return self.values[name]
 
     def __setitem__(self, name, value):
-        self.variables[name].assign(float(value))
+        self.values[name] = value
 
 
 class Checkpoints:
@@ -74,29 +187,55 @@ class Checkpoints:
         import tensorflow as tf
 
         self.directory = os.path.join(output_dir, "checkpoints")
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **state.variables)
+        self.best_directory = os.path.join(self.directory, "best")
+        self.state = state
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, run_state=state.trackable)
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory, max_to_keep=keep,
                                                   step_counter=optimizer.iterations)
         self.best = tf.train.Checkpoint(model=model)
-        self.best_manager = tf.train.CheckpointManager(self.best, os.path.join(self.directory, "best"),
-                                                       max_to_keep=1)
 
-    def restore_latest(self) -> bool:
-        if not self.manager.latest_checkpoint:
-            return False
-        self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
-        return True
+    def restore_latest(self) -> int:
+        """The step of the latest state, restored (0 when there is none).
 
-    def save(self, step: int):
-        if self.manager.latest_checkpoint and self.manager.latest_checkpoint.endswith(f"-{step}"):
-            return  # already saved at this step
-        self.manager.save(checkpoint_number=step)
+        Also deletes the best checkpoints that state does not name."""
+        latest = self.manager.latest_checkpoint
+        if latest:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+        self._prune_best(keep=self.state["best_step"] if latest else None)
+        if latest and self.state["best_step"] >= 0 and not self._best_index(self.state["best_step"]):
+            raise UserError(f"{latest} names best weights at step {self.state['best_step']}, but "
+                            f"{self.best_directory} does not hold them: the folder was edited by hand. "
+                            "Start again with a new --config.output_dir.")
+        return int(latest.rsplit("-", 1)[1]) if latest else 0
 
-    def save_best(self, step: int):
-        self.best_manager.save(checkpoint_number=step)
+    def save(self, step: int) -> None:
+        """The latest state at `step` (with the RunState naming its best), then the old best goes."""
+        from trainer import faults
 
-    def restore_best(self) -> bool:
-        if not self.best_manager.latest_checkpoint:
-            return False
-        self.best.restore(self.best_manager.latest_checkpoint).expect_partial()
-        return True
+        if not (self.manager.latest_checkpoint or "").endswith(f"-{step}"):
+            faults.point("checkpoint_save", step)
+            self.manager.save(checkpoint_number=step)
+            faults.point("after_checkpoint_save", step)
+        self._prune_best(keep=self.state["best_step"])
+
+    def save_best(self, step: int) -> None:
+        """Best weights at `step`; the state naming them is saved by the next save()."""
+        from trainer import faults
+
+        faults.point("best_save", step)
+        self.best.write(os.path.join(self.best_directory, f"ckpt-{step}"))
+        faults.point("after_best_save", step)
+
+    def restore_best(self) -> int:
+        step = self.state["best_step"]
+        self.best.read(os.path.join(self.best_directory, f"ckpt-{step}")).expect_partial()
+        return step
+
+    def _best_index(self, step: int) -> bool:
+        return os.path.exists(os.path.join(self.best_directory, f"ckpt-{step}.index"))
+
+    def _prune_best(self, keep) -> None:
+        for path in glob.glob(os.path.join(glob.escape(self.best_directory), "ckpt-*")):
+            number = os.path.basename(path).split(".", 1)[0].rsplit("-", 1)[1]
+            if not number.isdigit() or int(number) != keep:
+                filesystem.remove(path)

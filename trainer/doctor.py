@@ -215,12 +215,11 @@ def markdown(findings: list[Finding]) -> str:
 
 
 def write_outputs(findings: list[Finding], stats: dict, directory: str) -> None:
-    from trainer.reporting import write_json
+    from trainer import filesystem
 
-    write_json(os.path.join(directory, "doctor.json"),
-               {"findings": [dataclasses.asdict(f) for f in findings], "stats": _jsonable(stats)})
-    with open(os.path.join(directory, "doctor.md"), "w") as f:
-        f.write(markdown(findings))
+    filesystem.write_json(os.path.join(directory, "doctor.json"),
+                          {"findings": [dataclasses.asdict(f) for f in findings], "stats": _jsonable(stats)})
+    filesystem.write_text(os.path.join(directory, "doctor.md"), markdown(findings))
 
 
 def _jsonable(value):
@@ -239,6 +238,7 @@ def main(argv):
     config = flags.FLAGS.config
     try:
         prep = train.prepare(config)
+        config = prep.config  # checked, paths expanded
         n_params = estimate_parameters(prep.model_config)
         findings, stats = run_checks(config, prep, n_params)
         if flags.FLAGS.overfit_batch:
@@ -247,7 +247,6 @@ def main(argv):
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(terminal_summary(findings))
-    os.makedirs(config.output_dir, exist_ok=True)
     write_outputs(findings, stats, config.output_dir)
     print(f"Written: {os.path.join(config.output_dir, 'doctor.json')} and doctor.md")
     sys.exit(1 if any(f.severity == "error" for f in findings) else 0)

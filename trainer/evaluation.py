@@ -5,10 +5,13 @@ import math
 import numpy as np
 
 
-def evaluate(eval_step, distributed_dataset) -> dict:
-    """Token-weighted metrics over the whole validation set."""
+def evaluate(eval_step, distributed_dataset, should_stop=lambda: False) -> dict | None:
+    """Token-weighted metrics over the whole validation set; None when should_stop()
+    turns true between batches (a preemption notice leaves no time to finish)."""
     loss_sum = count = correct = 0.0
     for batch in distributed_dataset:
+        if should_stop():
+            return None
         out = eval_step(batch)
         loss_sum += float(out["loss_sum"])
         count += float(out["count"])

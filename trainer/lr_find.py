@@ -26,6 +26,7 @@ from absl import app, flags
 
 from trainer import data as data_lib
 from trainer import distribution
+from trainer import filesystem
 from trainer import model as model_lib
 from trainer import optimization
 from trainer import reporting
@@ -161,7 +162,7 @@ def write_plot(path: str, result: dict) -> None:
 
 def write_outputs(folder: str, result: dict, log) -> None:
     """lr_find.json, lr_find.png and logs/, written beside `folder` and swapped in
-    whole (model.replace_dir): a rerun replaces an earlier sweep, never mixes with it."""
+    whole (filesystem.publish_dir): a rerun replaces an earlier sweep, never mixes with it."""
     import tensorflow as tf
 
     def write(tmp):
@@ -180,7 +181,7 @@ def write_outputs(folder: str, result: dict, log) -> None:
         except ImportError:
             log("lr_find.png not written: matplotlib is not installed (pip install matplotlib).")
 
-    model_lib.replace_dir(folder, write)
+    filesystem.publish_dir(folder, write)
 
 
 # ----------------------------------------------------------------------------- the test
@@ -200,11 +201,11 @@ def find_learning_rate(config, num_steps: int = 200, min_lr: float = 1e-7, max_l
     if not 0 < min_lr < max_lr:
         raise UserError(f"--min_lr={min_lr:g} and --max_lr={max_lr:g}: need 0 < min_lr < max_lr "
                         "(e.g. --min_lr=1e-7 --max_lr=1).")
-    output_dir = os.path.join(config.output_dir, DIRECTORY)
-
     # ------------------------------------------------------------------ data, tokenizer, tokens
     # The run's own preparation (same files, split, checks): validation documents stay unseen.
     prep = train.prepare(config, log)
+    config = prep.config  # checked, paths expanded
+    output_dir = os.path.join(config.output_dir, DIRECTORY)
     blocks, steps_per_epoch = prep.train_blocks, prep.plan.steps_per_epoch
     epochs = num_steps / steps_per_epoch
     # e.g. 200 steps at 8 rows/step over 216 rows (27 steps/epoch) = 7.4 epochs: the

@@ -17,11 +17,10 @@ import dataclasses
 import functools
 import json
 import os
-import shutil
-import tempfile
 
 import numpy as np
 
+from trainer import faults, filesystem
 from trainer.errors import UserError
 
 TF_H5 = "tf_model.h5"
@@ -78,6 +77,7 @@ def resolve_model_dir(name_or_path: str) -> str:
 
     Cached: tokenizer, config and weights all resolve the same name, and a hub
     name should cost one listing and one download per process, not three."""
+    name_or_path = filesystem.expand(name_or_path)
     if os.path.isdir(name_or_path):
         return name_or_path
     if os.path.exists(name_or_path) or name_or_path.startswith((".", "/", "~")):
@@ -127,18 +127,59 @@ def read_tf_h5(path: str) -> dict:
     return arrays
 
 
+# safetensors dtypes -> numpy. bfloat16 (how many current checkpoints ship) has
+# no numpy dtype of its own, so safetensors.numpy refuses it; ml_dtypes (a
+# TensorFlow dependency) reads it, and every float is upcast to the model's
+# float32, which holds bfloat16 and float16 values exactly.
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+                       "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
+                       "BOOL": "bool"}
+
+
 def read_safetensors(paths: list[str]) -> dict:
-    from safetensors.numpy import load_file
+    """Arrays of safetensors files by name, floats as float32 (bfloat16 included)."""
+    import ml_dtypes
 
     arrays = {}
     for path in paths:
-        arrays.update(load_file(path))
+        with open(path, "rb") as f:
+            raw = f.read()
+        header_len = int.from_bytes(raw[:8], "little")
+        try:
+            header = json.loads(raw[8:8 + header_len])
+        except ValueError:
+            raise UserError(f"{path}: not a safetensors file (unreadable header). Re-download or "
+                            "re-export it.") from None
+        body = memoryview(raw)[8 + header_len:]
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            if info["dtype"] not in _SAFETENSORS_DTYPES:
+                raise UserError(f"{path}: tensor {name} has dtype {info['dtype']}, which tunewell cannot "
+                                "read. Convert the checkpoint to float32, float16 or bfloat16.")
+            name_of_dtype = _SAFETENSORS_DTYPES[info["dtype"]]
+            dtype = ml_dtypes.bfloat16 if name_of_dtype == "bfloat16" else np.dtype(name_of_dtype)
+            start, end = info["data_offsets"]
+            array = np.frombuffer(body[start:end], dtype=dtype).reshape(info["shape"])
+            arrays[name] = array.astype(np.float32) if info["dtype"] in ("F16", "BF16") else array
+    return arrays
+
+
+def read_pytorch_bin(paths: list[str]) -> dict:
+    """Arrays of pytorch_model.bin files (torch pickles) by name, floats as float32."""
+    import torch
+
+    arrays = {}
+    for path in paths:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        for name, tensor in state.items():
+            tensor = tensor.detach()
+            arrays[name] = (tensor.float() if tensor.is_floating_point() else tensor).numpy()
     return arrays
 
 
 def _shard_paths(index_path: str) -> list[str]:
-    with open(index_path) as f:
-        shards = sorted(set(json.load(f)["weight_map"].values()))
+    shards = sorted(set(filesystem.read_json(index_path)["weight_map"].values()))
     paths = [os.path.join(os.path.dirname(index_path), s) for s in shards]
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
@@ -213,12 +254,23 @@ def load_model(name_or_path: str, log=print):
                       else read_safetensors([chosen.path]))
             expected = {w.name: stored.get(canonical_name(w.name)) for w in model.weights}
             expected = {k: v for k, v in expected.items() if v is not None}
-        elif chosen.format.startswith("pt-safetensors"):
+        else:  # PyTorch names and layouts: safetensors, or a .bin that only torch can unpickle
             from transformers import AutoConfig
             from transformers.modeling_tf_pytorch_utils import load_pytorch_state_dict_in_tf2_model
 
-            paths = [chosen.path] if chosen.format == "pt-safetensors" else _shard_paths(chosen.path)
-            state = read_safetensors(paths)
+            single = chosen.format in ("pt-safetensors", "pt-bin") and not chosen.path.endswith(".json")
+            paths = [chosen.path] if single else _shard_paths(chosen.path)
+            if chosen.format == "pt-bin":
+                try:
+                    import torch  # noqa: F401
+                except ImportError:
+                    raise UserError(
+                        f"{chosen.path}: PyTorch .bin weights need torch, which is not installed. Convert "
+                        "them to safetensors once where torch is available (model.save_pretrained(dir, "
+                        "safe_serialization=True)) or `pip install torch`.") from None
+                state = read_pytorch_bin(paths)
+            else:
+                state = read_safetensors(paths)
             model = TFAutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
             model.build_in_name_scope()
             expected = {}
@@ -230,19 +282,10 @@ def load_model(name_or_path: str, log=print):
                     except ValueError as e:
                         raise UserError(f"{chosen.path}: weight {name} has {e}. The checkpoint does not "
                                         "match its config.json.") from None
-            # transformers' mapping does the assignment; _verify proves it did all of it.
+            # transformers' mapping does the assignment; _verify proves it did all of it,
+            # against the arrays read from the file (never the model against itself).
             load_pytorch_state_dict_in_tf2_model(model, state, tf_inputs=False, allow_missing_keys=True,
                                                  skip_logger_warnings=True)
-        else:  # pytorch_model.bin: only torch can read pickles
-            try:
-                import torch  # noqa: F401
-            except ImportError:
-                raise UserError(
-                    f"{chosen.path}: PyTorch .bin weights need torch, which is not installed. Convert "
-                    "them to safetensors once where torch is available (model.save_pretrained(dir, "
-                    "safe_serialization=True)) or `pip install torch`.") from None
-            model = TFAutoModelForCausalLM.from_pretrained(folder, from_pt=True)
-            expected = {w.name: w.numpy() for w in model.weights}  # torch's own loader, trusted
     finally:
         hf_logging.set_verbosity(verbosity)
     _verify(model, expected, chosen.path)
@@ -307,32 +350,12 @@ def build_tiny(folder: str, documents: list[str], tiny_config, seed: int, log=pr
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 
-    replace_dir(folder, write)
+    filesystem.publish_dir(folder, write)
     log(f"Built a tiny GPT-2 ({config.n_layer} layers x {config.n_embd}, vocabulary {len(tokenizer)}) "
         f"at {folder}.")
 
 
 # ----------------------------------------------------------------------------- exporting
-
-
-def replace_dir(folder: str, write) -> None:
-    """Write a folder completely beside it, then swap it in: a failure never leaves a
-    half-written folder, and an earlier export survives until the new one is whole."""
-    parent = os.path.dirname(os.path.abspath(folder))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(folder) + ".tmp-", dir=parent)
-    try:
-        write(tmp)
-        old = None
-        if os.path.exists(folder):
-            old = tempfile.mkdtemp(prefix=os.path.basename(folder) + ".old-", dir=parent)
-            os.rename(folder, os.path.join(old, "x"))
-        os.rename(tmp, folder)
-        if old:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def export_tf(model, tokenizer, folder: str) -> None:
@@ -342,8 +365,11 @@ def export_tf(model, tokenizer, folder: str) -> None:
     try it first and hit the bug described at the top of this module."""
     def write(tmp):
         model.save_pretrained(tmp)
+        faults.point("export_write")
         tokenizer.save_pretrained(tmp)
-    replace_dir(folder, write)
+        faults.point("export_swap")
+    filesystem.publish_dir(folder, write)
+    faults.point("after_export")
 
 
 def pytorch_state_dict(model) -> dict:
@@ -369,13 +395,12 @@ def export_pytorch(model, tokenizer, folder: str) -> None:
         config = model.config.to_dict()
         config["architectures"] = [type(model).__name__.removeprefix("TF")]
         config.pop("transformers_version", None)
-        with open(os.path.join(tmp, "config.json"), "w") as f:
-            json.dump(config, f, indent=2, sort_keys=True)
+        filesystem.write_json(os.path.join(tmp, "config.json"), config)
         if model.generation_config is not None:
             model.generation_config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         save_file(pytorch_state_dict(model), os.path.join(tmp, SAFETENSORS), metadata={"format": "pt"})
-    replace_dir(folder, write)
+    filesystem.publish_dir(folder, write)
 
 
 def count_parameters(model) -> int:

@@ -32,7 +32,8 @@ LR_RANGE_FROM_SCRATCH = (1e-4, 3e-3)
 # Epoch rule (used when train.epochs is None): 3 passes is the usual sweet spot
 # for fine-tuning, but a small corpus needs more passes to get enough updates and
 # a large one needs fewer to keep the run affordable. Early stopping on
-# validation guards the upper end.
+# validation guards the upper end. Whole epochs only, so the 3,000-step cap
+# rounds DOWN: 1,200 steps/epoch -> 2 epochs (2,400 steps), never 3 (3,600).
 DEFAULT_EPOCHS = 3
 MIN_STEPS, MAX_STEPS_TARGET, MAX_EPOCHS = 300, 3000, 10
 EVALS_PER_RUN = 20
@@ -62,10 +63,17 @@ def derived_learning_rate(n_embd: int, tokens_per_step: int, from_scratch: bool 
 
 
 def derived_epochs(steps_per_epoch: int) -> int:
-    # e.g. 20 steps/epoch -> 300/20 = 15 -> capped at 10 epochs; 500 steps/epoch -> 3 epochs
-    # (1,500 steps); 2,000 steps/epoch -> 3,000/2,000 -> 2 epochs; 10,000 -> 1 epoch.
-    target = max(MIN_STEPS, min(DEFAULT_EPOCHS * steps_per_epoch, MAX_STEPS_TARGET))
-    return int(min(MAX_EPOCHS, max(1, math.ceil(target / steps_per_epoch))))
+    """3 epochs; more to reach 300 steps (at most 10 epochs); fewer to stay within
+    3,000 steps (at least 1 epoch, which alone may be longer).
+
+    20 steps/epoch -> ceil(300/20) = 15 -> 10 epochs (200 steps); 500 -> 3 (1,500 steps);
+    1,200 -> 3,000 // 1,200 = 2 (2,400 steps); 1,501 -> 1 (1,501 steps); 10,000 -> 1.
+    """
+    if DEFAULT_EPOCHS * steps_per_epoch < MIN_STEPS:
+        return min(MAX_EPOCHS, math.ceil(MIN_STEPS / steps_per_epoch))
+    if DEFAULT_EPOCHS * steps_per_epoch > MAX_STEPS_TARGET:
+        return max(1, MAX_STEPS_TARGET // steps_per_epoch)
+    return DEFAULT_EPOCHS
 
 
 def plan_training(config, train_rows: int, n_embd: int) -> TrainingPlan:
@@ -86,9 +94,9 @@ def plan_training(config, train_rows: int, n_embd: int) -> TrainingPlan:
     epochs = t.epochs
     if epochs is None:
         epochs = derived_epochs(steps_per_epoch)
-        derived["train.epochs"] = (f"{epochs}: {steps_per_epoch} steps/epoch; 3 epochs, at least "
-                                   f"{MIN_STEPS} steps (max {MAX_EPOCHS} epochs), about "
-                                   f"{MAX_STEPS_TARGET} steps at most")
+        derived["train.epochs"] = (f"{epochs}: {steps_per_epoch} steps/epoch; 3 epochs, raised to reach "
+                                   f"{MIN_STEPS} steps (max {MAX_EPOCHS} epochs), lowered to stay within "
+                                   f"{MAX_STEPS_TARGET} steps (min 1 epoch)")
     total_steps = epochs * steps_per_epoch
     if t.max_steps:
         total_steps = min(total_steps, t.max_steps)
@@ -102,6 +110,12 @@ def plan_training(config, train_rows: int, n_embd: int) -> TrainingPlan:
                                           f"(width) x sqrt({tokens_per_step}/{REFERENCE_TOKENS_PER_STEP}) "
                                           f"(tokens/step, factor kept in [0.5, 2])")
     warmup = o.warmup_steps
+    if warmup is not None and 0 < total_steps <= warmup:
+        raise UserError(
+            f"--config.optim.warmup_steps={warmup} is not below the run's {total_steps} steps: the learning "
+            f"rate would never reach its peak and never decay. Use fewer, e.g. "
+            f"--config.optim.warmup_steps={min(total_steps - 1, max(1, round(0.06 * total_steps)))} (about 6%), "
+            "or leave it unset.")
     if warmup is None:
         warmup = max(1, round(o.warmup_ratio * total_steps))
         derived["optim.warmup_steps"] = f"{warmup}: {o.warmup_ratio:g} x {total_steps} steps"

@@ -7,18 +7,10 @@ OUTPUT/report.json                         the run's outcome (keys are a contrac
 
 import json
 import os
-import tempfile
 
+from trainer import filesystem
 
-def write_json(path: str, obj) -> None:
-    """Write then rename, so a crash never leaves half a file where a good one was."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
+write_json = filesystem.write_json
 
 
 class RunLog:
@@ -30,15 +22,22 @@ class RunLog:
         self.writers = {split: tf.summary.create_file_writer(os.path.join(logs, split))
                         for split in ("train", "validation")}
         self.history_path = os.path.join(output_dir, "metrics.jsonl")
+        # Points logged after the checkpoint we resume from are dropped: the resumed
+        # run logs them again. Rewritten whole, so a kill here loses nothing.
         self.history = [h for h in self._read_history() if h["step"] <= resume_step]
-        with open(self.history_path, "w") as f:  # drop points logged after the checkpoint we resume
-            f.writelines(json.dumps(h) + "\n" for h in self.history)
+        filesystem.write_text(self.history_path, "".join(json.dumps(h) + "\n" for h in self.history))
 
     def _read_history(self):
         if not os.path.exists(self.history_path):
             return []
+        points = []
         with open(self.history_path) as f:
-            return [json.loads(line) for line in f if line.strip()]
+            for line in f:
+                try:
+                    points.append(json.loads(line))
+                except ValueError:  # the partial last line of a killed append
+                    continue
+        return points
 
     def scalars(self, split: str, step: int, values: dict) -> None:
         with self.writers[split].as_default():
@@ -47,8 +46,7 @@ class RunLog:
         self.writers[split].flush()
         point = {"split": split, "step": int(step), **{k: float(v) for k, v in values.items()}}
         self.history.append(point)
-        with open(self.history_path, "a") as f:
-            f.write(json.dumps(point) + "\n")
+        filesystem.append_line(self.history_path, json.dumps(point))
 
     def text(self, split: str, tag: str, step: int, markdown: str) -> None:
         with self.writers[split].as_default():
@@ -119,13 +117,13 @@ def plot_curves(report: dict, path: str) -> None:
         lr_axis.set_ylabel("learning rate", color="grey")
     ax.legend(loc="upper right")
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format="png")  # path may be a temporary name without .png
     plt.close(fig)
 
 
 def write_report_card(output_dir: str, report: dict, config: dict, findings) -> str:
     """OUTPUT/report.md: one page with config, data audit, curves, diagnosis and samples."""
-    plot_curves(report, os.path.join(output_dir, "curves.png"))
+    filesystem.write_file(os.path.join(output_dir, "curves.png"), lambda tmp: plot_curves(report, tmp))
     lines = ["# Fine-tuning report", "",
              f"Model `{report['model']['name_or_path']}` ({report['model']['parameters']:,} parameters), "
              f"{report['steps']} steps, {report['train_tokens']:,} training tokens, "
@@ -146,6 +144,5 @@ def write_report_card(output_dir: str, report: dict, config: dict, findings) -> 
     lines += [f"- **{s['prompt']}** {s['completion']}" for s in report.get("samples", [])]
     lines += ["", "## Config", "", config_markdown(config), ""]
     path = os.path.join(output_dir, "report.md")
-    with open(path, "w") as f:
-        f.write("\n".join(lines))
+    filesystem.write_text(path, "\n".join(lines))
     return path

@@ -8,6 +8,7 @@ when replicas hold different amounts of padding. (transformers' TF loss
 averages per replica first, which weights a padded replica's tokens more.)
 """
 
+from trainer import faults
 from trainer.data import IGNORE_INDEX
 
 
@@ -37,7 +38,8 @@ def make_train_step(model, optimizer, strategy, grad_accum_steps: int, max_grad_
     """A tf.function taking one distributed global batch and applying one update.
 
     Returns global sums (loss_sum, count, correct, tokens) and the pre-clip
-    global gradient norm.
+    global gradient norm. A non-finite norm means this update wrote NaN/Inf
+    into the weights: the caller must stop before saving them.
     """
     import tensorflow as tf
 
@@ -63,6 +65,10 @@ def make_train_step(model, optimizer, strategy, grad_accum_steps: int, max_grad_
             loss_sum += part_loss
             correct += part_correct
         grads = ctx.all_reduce(SUM, grads)
+        nan_step = faults.nan_gradient_step()
+        if nan_step is not None:  # the fault suite's NaN; no such op in a normal run's graph
+            poison = tf.where(optimizer.iterations + 1 == nan_step, float("nan"), 0.0)
+            grads = [g + poison for g in grads]
         if max_grad_norm > 0:
             grads, grad_norm = tf.clip_by_global_norm(grads, max_grad_norm)
         else:

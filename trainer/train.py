@@ -1,9 +1,10 @@
 """train_and_evaluate: the whole run, read top to bottom.
 
-Sections: settings -> data -> model files and tokenizer -> tokens and plan ->
-output directory -> strategy, model, optimizer -> checkpoints and resume ->
-loop (train, log, evaluate, early-stop, checkpoint) -> best weights, export, report.
-Nothing is written to the output directory until every input has been checked.
+Sections: settings and output directory -> data, tokens and plan -> pre-flight
+doctor -> output directory -> strategy, model, optimizer -> checkpoints and
+resume -> loop (train, log, evaluate, early-stop, checkpoint) -> best weights,
+export, report. Nothing is written to the output directory until every input
+has been checked; report.json is written last and marks a finished run.
 """
 
 import dataclasses
@@ -18,44 +19,20 @@ from trainer import diagnosis
 from trainer import distribution
 from trainer import doctor
 from trainer import evaluation
+from trainer import faults
+from trainer import filesystem
 from trainer import model as model_lib
 from trainer import optimization
 from trainer import reporting
+from trainer import settings
 from trainer import steps as steps_lib
 from trainer.errors import UserError
 
 
-def check_settings(config) -> None:
-    """Values that are wrong whatever the data: fail before reading anything."""
-    o, t, d = config.optim, config.train, config.data
-    if o.learning_rate is not None and not o.learning_rate > 0:
-        raise UserError(f"--config.optim.learning_rate={o.learning_rate} must be positive (e.g. 1e-4), "
-                        "or left unset to derive it from the model and batch size.")
-    if o.schedule not in optimization.SCHEDULES:
-        raise UserError(f"--config.optim.schedule={o.schedule!r}: use one of "
-                        f"{', '.join(optimization.SCHEDULES)}.")
-    if config.preflight not in ("strict", "warn", "off"):
-        raise UserError(f"--config.preflight={config.preflight!r}: use strict, warn or off.")
-    if d.batching not in ("packed", "padded"):
-        raise UserError(f"--config.data.batching={d.batching!r}: use 'packed' or 'padded'.")
-    if d.block_size < 2:
-        raise UserError(f"--config.data.block_size={d.block_size} must be at least 2 tokens.")
-    for name in ("batch_size", "grad_accum_steps"):
-        if getattr(t, name) < 1:
-            raise UserError(f"--config.train.{name}={getattr(t, name)} must be at least 1.")
-    if t.batch_size % t.grad_accum_steps:
-        raise UserError(f"--config.train.batch_size={t.batch_size} must be a multiple of "
-                        f"--config.train.grad_accum_steps={t.grad_accum_steps}.")
-    for name in ("epochs", "eval_every_steps", "checkpoint_every_steps"):
-        value = getattr(t, name)
-        if value is not None and value < 1:
-            raise UserError(f"--config.train.{name}={value} must be at least 1 (or unset to derive it).")
-    if o.warmup_steps is not None and o.warmup_steps < 0:
-        raise UserError(f"--config.optim.warmup_steps={o.warmup_steps} must be 0 or more.")
-
-
 class _StopRequest:
-    """SIGINT (Ctrl-C) or SIGTERM (preemption) ends the run cleanly at the next step."""
+    """SIGINT (Ctrl-C) or SIGTERM (preemption) ends the run cleanly: the step under way
+    finishes, an evaluation under way is abandoned, the state is saved, and the run exits.
+    A preemption notice gives about 30 s, so nothing else runs before the save."""
 
     def __init__(self):
         self.signal = None
@@ -78,13 +55,19 @@ class Interrupted(Exception):
     """Raised after the checkpoint is saved; exit code 128 + signal number."""
 
     def __init__(self, signum, step):
-        super().__init__(f"Interrupted at step {step}; checkpoint saved. Re-run the same command to resume.")
+        saved = "checkpoint saved" if step else "nothing trained yet"
+        super().__init__(f"Interrupted at step {step}; {saved}. Re-run the same command to resume.")
         self.exit_code = 128 + signum
+
+
+class _Abandoned(Exception):
+    """A stop request arrived: save (the evaluation due here runs on resume) and exit."""
 
 
 @dataclasses.dataclass
 class Prepared:
     """Everything known before the first write: the doctor and the trainer share it."""
+    config: object  # checked, paths expanded
     documents: data_lib.Documents
     tokenizer: object
     model_config: object
@@ -97,7 +80,7 @@ class Prepared:
 def prepare(config, log=reporting.say) -> Prepared:
     """Settings, data, tokenizer and plan, checked; nothing is written to output_dir."""
     # ------------------------------------------------------------------ settings
-    check_settings(config)
+    config = settings.resolve(config)
 
     # ------------------------------------------------------------------ data
     documents = data_lib.load_documents(config.data, config.seed)
@@ -143,18 +126,32 @@ def prepare(config, log=reporting.say) -> Prepared:
     resolved["train"]["eval_every_steps"] = plan.eval_every_steps
     resolved["train"]["checkpoint_every_steps"] = plan.checkpoint_every_steps
 
-    return Prepared(documents, tokenizer, model_config, train_blocks, val_blocks, plan, resolved)
+    return Prepared(config, documents, tokenizer, model_config, train_blocks, val_blocks, plan, resolved)
 
 
 def train_and_evaluate(config, log=reporting.say) -> dict:
-    import tensorflow as tf
+    # ------------------------------------------------------------------ settings and output directory
+    # Read only: a finished run is reported, not redone; a different run or a
+    # folder that is not a run is refused before any data is read.
+    config = settings.resolve(config)
+    output_dir = config.output_dir
+    run_dir = ckpt_lib.OutputDir(output_dir)
+    if run_dir.stored:
+        run_dir.check_config(config)
+        if run_dir.complete:
+            log(f"{output_dir} holds this run, already complete: nothing to do. Report: {run_dir.report_path}. "
+                "Use a new --config.output_dir to train again.")
+            return filesystem.read_json(run_dir.report_path)
 
     # ------------------------------------------------------------------ settings, data, tokens, plan
     prep = prepare(config, log)
     documents, tokenizer, plan, resolved = prep.documents, prep.tokenizer, prep.plan, prep.resolved
     train_blocks, val_blocks = prep.train_blocks, prep.val_blocks
     name_or_path = config.model.name_or_path
-    output_dir = config.output_dir
+    fingerprint = ckpt_lib.data_fingerprint(train_blocks, val_blocks)
+    if run_dir.stored:
+        run_dir.check_data(fingerprint)
+        plan = run_dir.stored_plan(plan, config)  # the first launch's schedule, step for step
 
     # ------------------------------------------------------------------ pre-flight doctor
     findings, audit_stats = [], {}
@@ -167,17 +164,18 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
                             "them, or pass --config.preflight=warn to train anyway.")
 
     # ------------------------------------------------------------------ output directory
-    # From here on we write. A different earlier run in output_dir is an error, not overwritten.
-    resuming = ckpt_lib.check_resume_compatible(output_dir, resolved)
+    # From here on we write. config.json of the first launch is the run's identity.
     os.makedirs(output_dir, exist_ok=True)
-    reporting.write_json(os.path.join(output_dir, "config.json"), {
-        "config": resolved, "derived": plan.derived,
-        "plan": {k: v for k, v in vars(plan).items() if k != "derived"},
-        "data": {"train": train_blocks.stats(), "validation": val_blocks.stats()}})
+    filesystem.remove_stale(output_dir)
+    data_stats = {"train": train_blocks.stats(), "validation": val_blocks.stats()}
+    if not run_dir.stored:
+        run_dir.write_config(config.to_dict(), resolved, plan, fingerprint, data_stats)
     if findings:
         doctor.write_outputs(findings, audit_stats, output_dir)
 
     # ------------------------------------------------------------------ strategy, model, optimizer
+    import tensorflow as tf
+
     strategy = distribution.get_strategy(config.runtime, log)
     distribution.check_batch(strategy, config.train.batch_size, config.train.grad_accum_steps)
     with strategy.scope():
@@ -185,7 +183,10 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
         model, loaded_from = model_lib.load_model(name_or_path, log)
         model_lib.match_vocabulary(model, tokenizer, log)
         optimizer = optimization.make_optimizer(plan, config.optim)
-        state = ckpt_lib.RunState()
+        # Slots exist before a restore, so it fills them at once (no deferred restore,
+        # no "value in checkpoint could not be found" warnings when nothing trains).
+        optimizer.build(model.trainable_variables)
+    state = ckpt_lib.RunState()
     train_step = steps_lib.make_train_step(model, optimizer, strategy,
                                            config.train.grad_accum_steps, config.optim.max_grad_norm)
     eval_step = steps_lib.make_eval_step(model, strategy)
@@ -195,11 +196,11 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
 
     # ------------------------------------------------------------------ checkpoints and resume
     checkpoints = ckpt_lib.Checkpoints(output_dir, model, optimizer, state, config.train.keep_checkpoints)
-    if checkpoints.restore_latest():
-        log(f"Resuming from {checkpoints.manager.latest_checkpoint} at step {int(optimizer.iterations)}.")
-    elif resuming:
+    step = checkpoints.restore_latest()
+    if step:
+        log(f"Resuming from {checkpoints.manager.latest_checkpoint} at step {step} of {plan.total_steps}.")
+    elif run_dir.stored:
         log(f"{output_dir} has this run's config but no checkpoint yet: starting from step 0.")
-    step = int(optimizer.iterations.numpy())
     run_log = reporting.RunLog(output_dir, step)
     if step == 0:
         run_log.text("train", "config", 0, reporting.config_markdown(resolved))
@@ -208,102 +209,123 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
     prompts = list(config.eval.prompts) or evaluation.default_prompts(documents.validation,
                                                                       config.eval.num_prompts)
     training_ngrams = diagnosis.TrainingNgrams(documents.train)
-    warned = set()  # monitor conditions already reported
-    last_samples = []
+    patience = config.train.early_stopping_patience
 
-    def run_evaluation(at_step: int) -> float:
-        metrics = evaluation.evaluate(eval_step, val_data)
+    def eval_due(at_step: int) -> bool:
+        return at_step == 0 or at_step % plan.eval_every_steps == 0 or at_step == plan.total_steps
+
+    def evaluate_at(at_step: int, stop) -> bool:
+        """Validation, samples, monitors and the best weights; True when early stopping says stop."""
+        metrics = evaluation.evaluate(eval_step, val_data, should_stop=lambda: stop.signal)
+        if metrics is None or stop.signal:
+            raise _Abandoned()
         samples = evaluation.sample_generations(model, tokenizer, prompts, config.eval.max_new_tokens,
                                                 config.seed)
+        if stop.signal:
+            raise _Abandoned()
         health = diagnosis.generation_health(samples, training_ngrams)
         run_log.scalars("validation", at_step, {"loss": metrics["loss"], "perplexity": metrics["perplexity"],
                                                 "accuracy": metrics["accuracy"],
                                                 **{f"generation/{k}": v for k, v in health.items()}})
         run_log.text("validation", "generations", at_step, reporting.generations_markdown(samples))
-        last_samples[:] = samples
+        state["samples"] = samples
         for name, message in diagnosis.monitor(run_log.points("train"), run_log.points("validation")).items():
-            if name not in warned:
-                warned.add(name)
+            if name not in state["monitors"]:
+                state["monitors"] = state["monitors"] + [name]
                 log(f"Monitor at step {at_step}: {message}")
                 run_log.text("validation", "monitor", at_step, f"**{name}**: {message}")
-        return metrics["loss"]
-
-    def consider_best(at_step: int, val_loss: float) -> None:
+        val_loss = metrics["loss"]
+        if at_step == 0:
+            state["initial_val_loss"] = val_loss  # the base model's figure, what fine-tuning must beat
         if val_loss < state["best_val_loss"] - config.train.early_stopping_min_delta:
             state["best_val_loss"], state["best_step"], state["evals_since_best"] = val_loss, at_step, 0
-            checkpoints.save_best(at_step)
+            checkpoints.save_best(at_step)  # named by the state that the next save() writes
         else:
-            state["evals_since_best"] = state["evals_since_best"] + 1
+            state["evals_since_best"] += 1
+        state["last_eval_step"] = at_step
+        log(f"Step {at_step}: validation loss {val_loss:.4f} (perplexity {math.exp(min(val_loss, 50)):.1f}; "
+            f"best {state['best_val_loss']:.4f} at step {state['best_step']}).")
+        if patience and state["evals_since_best"] >= patience:
+            state["stopped_early"] = True
+            log(f"Early stop: no improvement in {patience} evaluations.")
+            return True
+        return False
 
-    if step == 0:
-        initial = run_evaluation(0)  # the base model's figure, what fine-tuning must beat
-        state["initial_val_loss"] = initial
-        consider_best(0, initial)
-        log(f"Step 0: validation loss {initial:.4f} (perplexity {math.exp(min(initial, 50)):.1f}).")
+    def add_to_window(out: dict, seconds: float) -> None:
+        # Training scalars are means over the steps since the last log point; the
+        # sums live in the run state so a resumed run logs the same figures.
+        window = state["window"]
+        for k in ("loss_sum", "count", "correct", "tokens", "grad_norm"):
+            window[k] = window.get(k, 0.0) + out[k]
+        window["steps"] = window.get("steps", 0) + 1
+        window["seconds"] = window.get("seconds", 0.0) + seconds
+        state["train_tokens"] += out["tokens"]
+        state["train_seconds"] += seconds
+
+    def log_window(at_step: int, bar) -> None:
+        window = state["window"]
+        loss = window["loss_sum"] / max(window["count"], 1.0)
+        lr = optimization.lr_value(at_step - 1, plan, config.optim)
+        run_log.scalars("train", at_step, {
+            "loss": loss, "perplexity": math.exp(min(loss, 50.0)),
+            "accuracy": window["correct"] / max(window["count"], 1.0), "learning_rate": lr,
+            "grad_norm": window["grad_norm"] / window["steps"],
+            "tokens_per_sec": window["tokens"] / max(window["seconds"], 1e-9)})
+        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
+        state["window"] = {}
 
     # ------------------------------------------------------------------ training loop
-    patience = config.train.early_stopping_patience
-    done = step >= plan.total_steps or (patience and state["stopped_early"])
-    train_data = None if done else strategy.experimental_distribute_dataset(data_lib.train_dataset(
-        train_blocks, config.train.batch_size, plan.steps_per_epoch, plan.total_steps, step, config.seed))
-    window = {"loss_sum": 0.0, "count": 0.0, "correct": 0.0, "tokens": 0.0, "grad_norm": 0.0, "steps": 0,
-              "seconds": 0.0}
+    # Per step: train -> stop if non-finite (before any save) -> log -> on a stop
+    # request save and exit -> evaluate when due (best weights first) -> save the
+    # state (which names the best) when due.
     bar = reporting.progress_bar(plan.total_steps, step)
     with _StopRequest() as stop:
-        for batch in train_data or []:
-            started = time.perf_counter()
-            out = train_step(batch)
-            out = {k: float(v) for k, v in out.items()}
-            seconds = time.perf_counter() - started
-            step += 1
-            for k in ("loss_sum", "count", "correct", "tokens"):
-                window[k] += out[k]
-            window["grad_norm"] += out["grad_norm"]
-            window["steps"] += 1
-            window["seconds"] += seconds
-            state["train_tokens"] = state["train_tokens"] + out["tokens"]
-            state["train_seconds"] = state["train_seconds"] + seconds
-            if not math.isfinite(out["loss_sum"]):
-                bar.close()
-                raise UserError(
-                    f"The training loss became {out['loss_sum']} at step {step}: training stopped at once "
-                    f"and nothing was saved after it. The last good checkpoint is in {checkpoints.directory}."
-                    f" Lower --config.optim.learning_rate (was {plan.learning_rate:.3g}) and re-run with a "
-                    "new --config.output_dir.")
-            bar.update(1)
-            if step % config.train.log_every_steps == 0 or step == plan.total_steps:
-                loss = window["loss_sum"] / max(window["count"], 1.0)
-                run_log.scalars("train", step, {
-                    "loss": loss, "perplexity": math.exp(min(loss, 50.0)),
-                    "accuracy": window["correct"] / max(window["count"], 1.0),
-                    "learning_rate": optimization.lr_value(step - 1, plan, config.optim),
-                    "grad_norm": window["grad_norm"] / window["steps"],
-                    "tokens_per_sec": window["tokens"] / max(window["seconds"], 1e-9)})
-                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{optimization.lr_value(step - 1, plan, config.optim):.2e}")
-                window = dict.fromkeys(window, 0.0)
+        try:
             stopping = False
-            if step % plan.eval_every_steps == 0 or step == plan.total_steps:
-                val_loss = run_evaluation(step)
-                consider_best(step, val_loss)
-                log(f"Step {step}: validation loss {val_loss:.4f} (best {state['best_val_loss']:.4f} "
-                    f"at step {int(state['best_step'])}).")
-                if patience and state["evals_since_best"] >= patience:
-                    state["stopped_early"] = 1
-                    stopping = True
-                    log(f"Early stop: no improvement in {patience} evaluations.")
-            if (step % plan.checkpoint_every_steps == 0 or stopping or step == plan.total_steps
-                    or stop.signal):
-                checkpoints.save(step)
-            if stop.signal:
-                bar.close()
-                run_log.close()
-                raise Interrupted(stop.signal, step)
-            if stopping:
-                break
+            if state["last_eval_step"] < step and eval_due(step) and not state["stopped_early"]:
+                # Step 0 (the base model), or a stop request that saved before this evaluation.
+                stopping = evaluate_at(step, stop)
+            done = stopping or step >= plan.total_steps or state["stopped_early"]
+            train_data = None if done else strategy.experimental_distribute_dataset(data_lib.train_dataset(
+                train_blocks, config.train.batch_size, plan.steps_per_epoch, plan.total_steps, step,
+                config.seed))
+            for batch in train_data or []:
+                faults.point("train_step", step + 1)
+                started = time.perf_counter()
+                out = {k: float(v) for k, v in train_step(batch).items()}
+                seconds = time.perf_counter() - started
+                step += 1
+                if not (math.isfinite(out["loss_sum"]) and math.isfinite(out["grad_norm"])):
+                    bar.close()
+                    latest = checkpoints.manager.latest_checkpoint
+                    raise UserError(
+                        f"At step {step} the training loss was {out['loss_sum']:.4g} and the gradient norm "
+                        f"{out['grad_norm']:.4g}: not finite. Training stopped at once and nothing was saved "
+                        f"after it; " + (f"the last good checkpoint is {latest}." if latest else
+                                         "no checkpoint had been saved yet.") +
+                        f" Lower --config.optim.learning_rate (was {plan.learning_rate:.3g}) or "
+                        f"--config.optim.max_grad_norm, and re-run with a new --config.output_dir.")
+                add_to_window(out, seconds)
+                bar.update(1)
+                if step % config.train.log_every_steps == 0 or step == plan.total_steps:
+                    log_window(step, bar)
+                if stop.signal:
+                    raise _Abandoned()
+                stopping = eval_due(step) and evaluate_at(step, stop)
+                if step % plan.checkpoint_every_steps == 0 or stopping or step == plan.total_steps:
+                    checkpoints.save(step)
+                if stopping:
+                    break
+        except _Abandoned:
+            bar.close()
+            if step:
+                checkpoints.save(step)  # the evaluation due here runs first thing on resume
+            run_log.close()
+            raise Interrupted(stop.signal, step) from None
     bar.close()
 
     # ------------------------------------------------------------------ best weights, export, report
-    checkpoints.restore_best()
+    best_step = checkpoints.restore_best()
     export_dir = os.path.join(output_dir, "export")
     export_pytorch_dir = os.path.join(output_dir, "export_pytorch")
     model_lib.export_tf(model, tokenizer, export_dir)
@@ -316,7 +338,7 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
         "initial_val_loss": initial,
         "initial_val_perplexity": math.exp(min(initial, 50)),
         "best_val_loss": best,
-        "best_step": int(state["best_step"]),
+        "best_step": best_step,
         "final_val_perplexity": math.exp(min(best, 50)),  # of the exported (best) model
         "last_val_loss": last_val_loss,
         "improvement_pct": 100.0 * (1.0 - math.exp(min(best, 50)) / math.exp(min(initial, 50))),
@@ -330,21 +352,21 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
         "learning_rate": plan.learning_rate,
         "model": {"name_or_path": name_or_path, "loaded_from": str(loaded_from),
                   "parameters": model_lib.count_parameters(model)},
-        "data": {"train": train_blocks.stats(), "validation": val_blocks.stats()},
+        "data": data_stats,
         "export_dir": export_dir,
         "export_pytorch_dir": export_pytorch_dir,
         "logs_dir": os.path.join(output_dir, "logs"),
-        "report_path": os.path.join(output_dir, "report.json"),
+        "report_path": run_dir.report_path,
         "history": {"train": run_log.points("train"), "validation": validation_points},
     }
     report["diagnosis"] = diagnosis.diagnose(
         report, plan.learning_rate, optimization.derived_learning_rate(
             prep.model_config.n_embd, plan.tokens_per_step, config.model.bootstrap_tiny),
         plan.steps_per_epoch, plan.epochs, findings)
-    report["monitors"] = sorted(warned)
-    report["samples"] = last_samples
-    reporting.write_json(report["report_path"], report)
+    report["monitors"] = sorted(state["monitors"])
+    report["samples"] = state["samples"]
     reporting.write_report_card(output_dir, report, resolved, findings)
+    filesystem.write_json(report["report_path"], report)  # last: its presence means "complete"
     for line in reporting.summary_lines(report):
         log(line)
     for item in report["diagnosis"]:

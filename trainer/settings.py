@@ -1,0 +1,149 @@
+"""Settings: every field of configs/default.py checked before anything is read or written.
+
+One rule per schema key (a test fails when a key has none), so a bad value
+ends with a message that names the flag and a valid value, exit status 2,
+and an untouched output directory -- never a ZeroDivisionError ten minutes in.
+Values that depend on the data (warm-up against the total steps, batch against
+the rows) are checked where the plan is made (trainer/optimization.py).
+"""
+
+import math
+
+import ml_collections
+
+from trainer import filesystem
+from trainer.distribution import STRATEGIES
+from trainer.errors import UserError
+from trainer.optimization import SCHEDULES
+
+# Paths a user may write with `~`: expanded once, here, for every reader.
+PATH_KEYS = ("output_dir", "model.name_or_path", "model.tokenizer")
+
+
+def _int(low=None, high=None, optional=False):
+    def check(v):
+        if v is None:
+            return optional
+        return isinstance(v, int) and not isinstance(v, bool) and (low is None or v >= low) and \
+            (high is None or v <= high)
+    return check
+
+
+def _number(low=None, high=None, low_open=False, high_open=False, optional=False):
+    def check(v):
+        if v is None:
+            return optional
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return False
+        if low is not None and (v <= low if low_open else v < low):
+            return False
+        return high is None or (v < high if high_open else v <= high)
+    return check
+
+
+def _choice(*options):
+    return lambda v: v in options
+
+
+def _text(allow_empty=False):
+    return lambda v: isinstance(v, str) and (allow_empty or bool(v.strip()))
+
+
+def _prompts(v):
+    return isinstance(v, (tuple, list)) and all(isinstance(p, str) for p in v)
+
+
+# key -> (check, what a valid value is)
+RULES = {
+    "output_dir": (_text(), "a folder path, e.g. runs/my-run"),
+    "seed": (_int(0), "a whole number >= 0"),
+    "preflight": (_choice("strict", "warn", "off"), "strict, warn or off"),
+    "data.train_files": (_text(), "one or more files or globs, e.g. data/train.jsonl"),
+    "data.validation_files": (_text(allow_empty=True), "files or globs, or empty"),
+    "data.validation_fraction": (_number(0, 1, low_open=True, high_open=True), "between 0 and 1, e.g. 0.1"),
+    "data.validation_max_examples": (_int(1), "at least 1"),
+    "data.text_field": (_text(), "the JSON field or column that holds the text, e.g. text"),
+    "data.text_separator": (lambda v: isinstance(v, str), "a string (empty: one example per line)"),
+    "data.block_size": (_int(2), "at least 2 tokens, e.g. 512"),
+    "data.batching": (_choice("packed", "padded"), "packed or padded"),
+    "data.num_proc": (_int(1), "at least 1"),
+    "model.name_or_path": (_text(), "a model folder or hub name, e.g. distilgpt2"),
+    "model.tokenizer": (_text(allow_empty=True), "a tokenizer folder or hub name, or empty"),
+    "model.bootstrap_tiny": (lambda v: isinstance(v, bool), "true or false"),
+    "model.tiny.n_layer": (_int(1), "at least 1"),
+    "model.tiny.n_embd": (_int(1), "at least 1 and a multiple of model.tiny.n_head"),
+    "model.tiny.n_head": (_int(1), "at least 1"),
+    "model.tiny.n_positions": (_int(2), "at least 2"),
+    "model.tiny.vocab_size": (_int(257), "at least 257 (the 256 bytes and EOS)"),
+    "model.tiny.dropout": (_number(0, 1, high_open=True), "in [0, 1), e.g. 0.1"),
+    "optim.learning_rate": (_number(0, low_open=True, optional=True),
+                            "positive (e.g. 1e-4), or unset to derive it from the model and batch size"),
+    "optim.schedule": (_choice(*SCHEDULES), ", ".join(SCHEDULES)),
+    "optim.warmup_steps": (_int(0, optional=True), "0 or more, or unset to use warmup_ratio"),
+    "optim.warmup_ratio": (_number(0, 1, high_open=True), "in [0, 1), e.g. 0.06"),
+    "optim.final_lr_ratio": (_number(0, 1), "in [0, 1], e.g. 0.1"),
+    "optim.weight_decay": (_number(0), "0 or more, e.g. 0.01"),
+    "optim.beta_1": (_number(0, 1, high_open=True), "in [0, 1), e.g. 0.9"),
+    "optim.beta_2": (_number(0, 1, high_open=True), "in [0, 1), e.g. 0.999"),
+    "optim.epsilon": (_number(0, low_open=True), "positive, e.g. 1e-8"),
+    "optim.max_grad_norm": (_number(0), "0 (no clipping) or more, e.g. 1.0"),
+    "train.batch_size": (_int(1), "at least 1"),
+    "train.grad_accum_steps": (_int(1), "at least 1"),
+    "train.epochs": (_int(1, optional=True), "at least 1, or unset to derive it"),
+    "train.max_steps": (_int(0), "0 (no cap) or more"),
+    "train.eval_every_steps": (_int(1, optional=True), "at least 1, or unset to derive it"),
+    "train.early_stopping_patience": (_int(0), "0 (never stop early) or more"),
+    "train.early_stopping_min_delta": (_number(0), "0 or more nats"),
+    "train.checkpoint_every_steps": (_int(1, optional=True), "at least 1, or unset (at every evaluation)"),
+    "train.keep_checkpoints": (_int(1), "at least 1 (the latest state is what a resume needs)"),
+    "train.log_every_steps": (_int(1), "at least 1, e.g. 10"),
+    "eval.batch_size": (_int(1, optional=True), "at least 1, or unset to use train.batch_size"),
+    "eval.prompts": (_prompts, "a list of strings"),
+    "eval.num_prompts": (_int(0), "0 or more"),
+    "eval.max_new_tokens": (_int(1), "at least 1"),
+    "runtime.strategy": (_choice(*STRATEGIES), ", ".join(STRATEGIES)),
+}
+
+
+def flatten(node, prefix: str = "") -> dict:
+    """{'train.batch_size': 16, ...} from a ConfigDict or a nested dict."""
+    out = {}
+    for key, value in node.items():
+        if hasattr(value, "items"):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check(config) -> None:
+    """Raise UserError for the first field outside its rule, naming the flag."""
+    values = flatten(config)
+    for key, value in values.items():
+        rule = RULES.get(key)
+        if rule is None:
+            raise UserError(f"--config.{key} has no validation rule (trainer/settings.py): a schema field "
+                            "was added without one.")
+        ok, valid = rule
+        if not ok(value):
+            raise UserError(f"--config.{key}={value!r} is not valid: use {valid}.")
+    t = config.train
+    if t.batch_size % t.grad_accum_steps:
+        raise UserError(f"--config.train.batch_size={t.batch_size} must be a multiple of "
+                        f"--config.train.grad_accum_steps={t.grad_accum_steps}.")
+    tiny = config.model.tiny
+    if config.model.bootstrap_tiny and tiny.n_embd % tiny.n_head:
+        raise UserError(f"--config.model.tiny.n_embd={tiny.n_embd} must be a multiple of "
+                        f"--config.model.tiny.n_head={tiny.n_head}.")
+
+
+def resolve(config):
+    """A checked copy of `config` with every path expanded (`~`, $VARS)."""
+    check(config)
+    resolved = ml_collections.ConfigDict(config.to_dict())
+    for key in PATH_KEYS:
+        section, _, name = key.rpartition(".")
+        node = resolved[section] if section else resolved
+        node[name] = filesystem.expand(node[name])
+    resolved.lock()
+    return resolved
