@@ -111,3 +111,58 @@ def test_too_few_documents_to_hold_out_validation(tmp_path, tiny_model_dir):
     with pytest.raises(UserError, match="1 document.*validation_files"):
         train.train_and_evaluate(small_config(tmp_path / "out", path, tiny_model_dir), log=quiet)
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_a_model_folder_is_not_taken_for_an_earlier_run(tiny_model_dir, corpus_file):
+    """A model folder has a config.json too; it used to be read as a run 'with other settings'."""
+    before = tree_digest(tiny_model_dir)
+    config = small_config(tiny_model_dir, corpus_file, tiny_model_dir)
+    with pytest.raises(UserError, match=r"holds something other than a tunewell run \(config.json, .*"
+                                        r"refusing to write there"):
+        train.train_and_evaluate(config, log=quiet)
+    assert tree_digest(tiny_model_dir) == before
+
+
+@pytest.fixture
+def interrupted_run(tmp_path, corpus_file, tiny_model_dir):
+    """A run stopped by Ctrl-C at step 20 of 80 (2 epochs of 40 steps)."""
+    import signal
+
+    def interrupt_at_step_20(message):
+        if message.startswith("Step 20:"):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    corpus = tmp_path / "train.jsonl"  # a copy of its own, for the test that edits it
+    corpus.write_text(open(corpus_file).read())
+    config = small_config(tmp_path / "out", str(corpus), tiny_model_dir, **{"train.eval_every_steps": 10})
+    with pytest.raises(train.Interrupted):
+        train.train_and_evaluate(config, log=interrupt_at_step_20)
+    return config
+
+
+def test_resume_with_a_max_steps_that_changes_the_plan_is_refused(interrupted_run):
+    config = interrupted_run
+    before = tree_digest(config.output_dir)
+    capped = small_config(config.output_dir, config.data.train_files, config.model.name_or_path,
+                          **{"train.eval_every_steps": 10, "train.max_steps": 50})
+    with pytest.raises(UserError, match=r"--config.train.max_steps changed from 0 to 50: that changes this "
+                                        r"run's plan \(total_steps 80 -> 50.*--config.train.max_steps=0"):
+        train.train_and_evaluate(capped, log=quiet)
+    assert tree_digest(config.output_dir) == before
+    # A cap above the planned 80 steps leaves the plan as it was: resuming is fine.
+    loose = small_config(config.output_dir, config.data.train_files, config.model.name_or_path,
+                         **{"train.eval_every_steps": 10, "train.max_steps": 500})
+    report = train.train_and_evaluate(loose, log=quiet)
+    assert report["steps"] == report["planned_steps"] == 80
+
+
+def test_resume_on_edited_data_is_refused(interrupted_run, tmp_path):
+    config = interrupted_run
+    lines = open(config.data.train_files).read().splitlines()
+    # Same path as the run started with, one word changed in the last document.
+    open(config.data.train_files, "w").write("\n".join(lines[:-1] + [lines[-1].replace("Note", "Memo")]) + "\n")
+    before = tree_digest(config.output_dir)
+    with pytest.raises(UserError, match=r"The data differs from the data this run .* started on .*"
+                                        r"they were edited"):
+        train.train_and_evaluate(config, log=quiet)
+    assert tree_digest(config.output_dir) == before

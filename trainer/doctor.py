@@ -59,22 +59,33 @@ def settings_findings(config, plan, train_documents: int, n_embd: int, n_params:
             f"--config.optim.warmup_steps={max(1, round(0.06 * plan.total_steps))}", {}))
     example_epochs = train_documents * plan.epochs
     low, high = EXAMPLE_EPOCHS_RANGE
-    if not low <= example_epochs <= high:
-        better = max(1, min(plan.epochs, high // max(train_documents, 1))) if example_epochs > high else \
-            -(-low // max(train_documents, 1))
+    epochs_derived = "train.epochs" in plan.derived
+    if example_epochs < low:
+        # Too few presentations: more epochs help only up to a point; more data always does.
+        more = -(-low // max(train_documents, 1))
         found.append(Finding(
             "settings", "warning",
-            f"examples x epochs = {train_documents:,} x {plan.epochs} = {example_epochs:,}, outside "
-            f"{low:,}-{high:,}",
-            "Too few example presentations teach nothing; too many make the model recite its training "
-            "examples (OpenAI's fine-tuning heuristic).",
-            f"--config.train.epochs={better}" + (" and more training data" if example_epochs < low else ""),
+            f"examples x epochs = {train_documents:,} x {plan.epochs} = {example_epochs:,}, under {low:,}",
+            "Too few example presentations teach little (OpenAI's fine-tuning heuristic).",
+            "more training data" + (f", or --config.train.epochs={more}"
+                                    if more > plan.epochs and not epochs_derived else ""),
             {"example_epochs": example_epochs}))
+    elif example_epochs > high and plan.epochs > optimization.DEFAULT_EPOCHS and not epochs_derived:
+        # Only MORE passes than the usual 3, set by hand, over a corpus this size: a
+        # large corpus at 1-3 epochs is ordinary (and is what the derived rule picks).
+        better = max(1, min(optimization.DEFAULT_EPOCHS, high // max(train_documents, 1)))
+        found.append(Finding(
+            "settings", "warning",
+            f"examples x epochs = {train_documents:,} x {plan.epochs} = {example_epochs:,}, over {high:,}",
+            "Many passes over the same examples make the model recite them (OpenAI's fine-tuning "
+            "heuristic); validation and early stopping limit the damage but waste the extra epochs.",
+            f"--config.train.epochs={better} (or leave it unset)", {"example_epochs": example_epochs}))
     if plan.total_steps < MIN_TOTAL_STEPS:
         found.append(Finding(
             "settings", "warning", f"only {plan.total_steps} optimizer steps in the whole run",
             "Warm-up, decay and early stopping need room; so few updates rarely move a model far.",
-            f"--config.train.batch_size={max(1, config.train.batch_size // 2)} or more epochs/data",
+            (f"--config.train.batch_size={config.train.batch_size // 2} or " if config.train.batch_size > 1
+             else "") + "more epochs or data",
             {"total_steps": plan.total_steps}))
     if config.train.batch_size % replicas:
         found.append(Finding(
