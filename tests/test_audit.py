@@ -298,6 +298,15 @@ def test_tokenizer_far_from_the_text_is_a_warning(tokenize):
     assert [f.severity for f in audit.fertility_findings(fitting, block_size=128)] == ["info"]
 
 
+def test_small_vocabulary_fertility_is_not_a_domain_warning(tokenize):
+    """A 2,048-token BPE cuts even its own training text finely: no GPT-2 reference applies."""
+    by_character = audit.fertility_stats(TRAIN, lambda texts: [list(t) for t in texts])
+    findings = audit.fertility_findings(by_character, block_size=128, vocab_size=2048)
+    assert [f.severity for f in findings] == ["info"] and "not compared" in findings[0].figure
+    greek = audit.fertility_stats(["Η γάτα κοιμάται στο κουτί."], tokenize)
+    assert [f.severity for f in audit.fertility_findings(greek, 128, vocab_size=2048)] == ["warning"]
+
+
 def test_foreign_script_is_rare_characters(tokenize):
     greek = ["Η γάτα κοιμάται στο κουτί.", "Ο ποταμός πλημμύρισε τη νύχτα."]
     stats = audit.fertility_stats(greek, tokenize)

@@ -120,6 +120,8 @@ def test_a_model_folder_is_not_taken_for_an_earlier_run(tiny_model_dir, corpus_f
     with pytest.raises(UserError, match=r"holds something other than a tunewell run \(config.json, .*"
                                         r"refusing to write there"):
         train.train_and_evaluate(config, log=quiet)
+    doctor = run_cli("trainer.doctor", *cli_args(config))  # the doctor writes there too: same refusal
+    assert doctor.returncode == 2 and "holds something other than a tunewell run" in doctor.stderr
     assert tree_digest(tiny_model_dir) == before
 
 

@@ -79,11 +79,11 @@ class OutputDir:
             if isinstance(stored, dict) and stored.get("tunewell", {}).get("format") == RUN_FORMAT:
                 self.stored = stored
                 return
-            if isinstance(stored, dict) and "tunewell" in stored:
+            if isinstance(stored, dict) and ("tunewell" in stored or {"config", "plan"} <= set(stored)):
                 raise UserError(
                     f"--config.output_dir={path} holds a run written by another version of tunewell "
-                    f"(format {stored['tunewell'].get('format')}, this one writes {RUN_FORMAT}); it cannot "
-                    "be resumed. Use a new --config.output_dir.")
+                    f"(format {stored.get('tunewell', {}).get('format', 1)}, this one writes {RUN_FORMAT}); it "
+                    "cannot be resumed. Use a new --config.output_dir.")
         foreign = [e for e in entries if e not in RUN_FILES or e == "config.json"]
         if foreign:
             raise UserError(

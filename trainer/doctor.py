@@ -156,7 +156,8 @@ def run_checks(config, prep, n_params: int, replicas: int = 1) -> tuple[list[Fin
     findings, stats = audit.audit_corpus(
         prep.documents.train, prep.documents.validation, prep.train_blocks.document_lengths.tolist(),
         config.data.block_size, config.data.batching,
-        tokenize=tokenize, n_positions=prep.model_config.n_positions, seed=config.seed)
+        tokenize=tokenize, n_positions=prep.model_config.n_positions, vocab_size=len(tokenizer),
+        seed=config.seed)
     findings += settings_findings(config, prep.plan, len(prep.documents.train), prep.model_config.n_embd,
                                   n_params, prep.train_blocks.tokens, replicas)
     findings += label_findings(prep.train_blocks, tokenizer.eos_token_id)
@@ -243,13 +244,14 @@ def _jsonable(value):
 def main(argv):
     from absl import flags
 
-    from trainer import train
+    from trainer import checkpoints, train
     from trainer.errors import UserError
 
     config = flags.FLAGS.config
     try:
         prep = train.prepare(config)
         config = prep.config  # checked, paths expanded
+        checkpoints.OutputDir(config.output_dir)  # refuses a folder that is not a run (a model's, say)
         n_params = estimate_parameters(prep.model_config)
         findings, stats = run_checks(config, prep, n_params)
         if flags.FLAGS.overfit_batch:

@@ -24,6 +24,7 @@ import sys
 import trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from absl import app, flags
 
+from trainer import checkpoints
 from trainer import data as data_lib
 from trainer import distribution
 from trainer import filesystem
@@ -205,6 +206,7 @@ def find_learning_rate(config, num_steps: int = 200, min_lr: float = 1e-7, max_l
     # The run's own preparation (same files, split, checks): validation documents stay unseen.
     prep = train.prepare(config, log)
     config = prep.config  # checked, paths expanded
+    checkpoints.OutputDir(config.output_dir)  # refuses a folder that is not a run (a model's, say)
     output_dir = os.path.join(config.output_dir, DIRECTORY)
     blocks, steps_per_epoch = prep.train_blocks, prep.plan.steps_per_epoch
     epochs = num_steps / steps_per_epoch
