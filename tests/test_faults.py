@@ -98,6 +98,7 @@ def straight(tmp_path_factory, corpus_file, tiny_model_dir):
 
 
 @pytest.mark.parametrize("fault", [
+    "after_best_save@0",          # after the base model's evaluation, before any checkpoint
     "train_step@23+0.005",        # during a training step
     "checkpoint_save@20+0.01",    # while the latest state is being written
     "after_best_save@30",         # between the best weights and the state that names them
@@ -110,12 +111,12 @@ def test_sigkill_then_relaunch_matches_the_uninterrupted_run(tmp_path, corpus_fi
     killed = launch(config, fault)
     assert killed.returncode == KILLED, f"{fault} was never reached: {killed.stderr[-1500:]}"
     assert not os.path.exists(os.path.join(config.output_dir, "report.json"))
-    if fault.startswith("after_best_save"):  # the best weights of step 30 exist, no state names them yet
+    if fault == "after_best_save@30":  # the best weights of step 30 exist, no state names them yet
         best = os.listdir(os.path.join(config.output_dir, "checkpoints", "best"))
         assert "ckpt-30.index" in best
     relaunched = launch(config)
     assert relaunched.returncode == 0, relaunched.stderr[-3000:]
-    assert "Resuming from" in relaunched.output
+    assert ("Resuming from" in relaunched.output) != fault.endswith("@0")
     resumed = report_of(config)
     assert_same_run(resumed, straight)
     assert_export_is_the_best_checkpoint(config, tiny_model_dir)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import quiet, run_cli, small_config
-from trainer import lr_find
+from trainer import checkpoints, lr_find
 
 # 7 decades in 70 steps: x1.263 per step. The tiny model blows up near lr 2.5 (step ~54) and the
 # sweep stops at ~57, so the 13 steps left (a factor 20 in lr) keep "diverged" from depending on luck.
@@ -19,7 +19,8 @@ MIN_LR, MAX_LR, STEPS = 1e-5, 100.0, 70
 def sweep(tmp_path_factory, corpus_file, tiny_model_dir):
     output = tmp_path_factory.mktemp("lr_find") / "out"
     os.makedirs(output)
-    (output / "config.json").write_text("{}")  # a training run's file: must be left alone
+    # A training run's file: must be left alone.
+    (output / "config.json").write_text(json.dumps({"tunewell": {"format": checkpoints.RUN_FORMAT}}))
     config = small_config(output, corpus_file, tiny_model_dir)
     return config, lr_find.find_learning_rate(config, num_steps=STEPS, min_lr=MIN_LR, max_lr=MAX_LR,
                                               log=quiet)
@@ -33,7 +34,8 @@ def test_writes_json_plot_and_tensorboard_only_under_lr_find(sweep):
     folder = os.path.join(config.output_dir, "lr_find")
     assert result["output_dir"] == folder
     assert sorted(os.listdir(config.output_dir)) == ["config.json", "lr_find"]
-    assert open(os.path.join(config.output_dir, "config.json")).read() == "{}"
+    assert json.load(open(os.path.join(config.output_dir, "config.json"))) == {
+        "tunewell": {"format": checkpoints.RUN_FORMAT}}
     on_disk = json.load(open(os.path.join(folder, "lr_find.json")))
     assert set(on_disk) == {"lrs", "losses", "smoothed", "suggested_learning_rate", "steepest_lr",
                             "lr_at_min_loss", "num_steps_run", "stopped_because"}

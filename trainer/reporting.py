@@ -14,7 +14,7 @@ write_json = filesystem.write_json
 
 
 class RunLog:
-    def __init__(self, output_dir: str, resume_step: int):
+    def __init__(self, output_dir: str, resume_step: int, last_eval_step: int):
         import tensorflow as tf
 
         self.tf = tf
@@ -22,9 +22,12 @@ class RunLog:
         self.writers = {split: tf.summary.create_file_writer(os.path.join(logs, split))
                         for split in ("train", "validation")}
         self.history_path = os.path.join(output_dir, "metrics.jsonl")
-        # Points logged after the checkpoint we resume from are dropped: the resumed
-        # run logs them again. Rewritten whole, so a kill here loses nothing.
-        self.history = [h for h in self._read_history() if h["step"] <= resume_step]
+        # Points logged after the state we resume from are dropped: the resumed run
+        # logs them again (an evaluation counts when that state recorded it: one
+        # logged just before a kill, or at step 0 with no checkpoint yet, is redone).
+        # Rewritten whole, so a kill here loses nothing.
+        last = {"train": resume_step, "validation": last_eval_step}
+        self.history = [h for h in self._read_history() if h["step"] <= last[h["split"]]]
         filesystem.write_text(self.history_path, "".join(json.dumps(h) + "\n" for h in self.history))
 
     def _read_history(self):

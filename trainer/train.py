@@ -201,7 +201,7 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
         log(f"Resuming from {checkpoints.manager.latest_checkpoint} at step {step} of {plan.total_steps}.")
     elif run_dir.stored:
         log(f"{output_dir} has this run's config but no checkpoint yet: starting from step 0.")
-    run_log = reporting.RunLog(output_dir, step)
+    run_log = reporting.RunLog(output_dir, step, state["last_eval_step"])
     if step == 0:
         run_log.text("train", "config", 0, reporting.config_markdown(resolved))
         if findings:
