@@ -142,15 +142,14 @@ def read_safetensors(paths: list[str]) -> dict:
 
     arrays = {}
     for path in paths:
-        with open(path, "rb") as f:
-            raw = f.read()
-        header_len = int.from_bytes(raw[:8], "little")
+        raw = np.memmap(path, dtype=np.uint8, mode="r")  # one copy of the weights in memory, not two
+        header_len = int.from_bytes(raw[:8].tobytes(), "little")
         try:
-            header = json.loads(raw[8:8 + header_len])
+            header = json.loads(raw[8:8 + header_len].tobytes())
         except ValueError:
             raise UserError(f"{path}: not a safetensors file (unreadable header). Re-download or "
                             "re-export it.") from None
-        body = memoryview(raw)[8 + header_len:]
+        body = raw[8 + header_len:]
         for name, info in header.items():
             if name == "__metadata__":
                 continue
@@ -160,8 +159,8 @@ def read_safetensors(paths: list[str]) -> dict:
             name_of_dtype = _SAFETENSORS_DTYPES[info["dtype"]]
             dtype = ml_dtypes.bfloat16 if name_of_dtype == "bfloat16" else np.dtype(name_of_dtype)
             start, end = info["data_offsets"]
-            array = np.frombuffer(body[start:end], dtype=dtype).reshape(info["shape"])
-            arrays[name] = array.astype(np.float32) if info["dtype"] in ("F16", "BF16") else array
+            array = body[start:end].view(dtype).reshape(info["shape"])
+            arrays[name] = array.astype(np.float32) if info["dtype"] in ("F16", "BF16") else np.array(array)
     return arrays
 
 
