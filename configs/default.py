@@ -141,8 +141,13 @@ def get_config():
 
     # ---------------------------------------------------------------- runtime
     config.runtime = ml_collections.ConfigDict()
-    # "auto" (MirroredStrategy when several GPUs are visible, else default),
-    # "default", "one_device" or "mirrored". See trainer/distribution.py.
+    # "auto" (MirroredStrategy when several GPUs, or several logical CPUs, are
+    # visible, else default), "default", "one_device" or "mirrored".
+    # See trainer/distribution.py.
     config.runtime.strategy = "auto"
+    # Split the CPU into this many logical devices before TensorFlow starts, so a
+    # MirroredStrategy has that many replicas without a GPU (for testing the
+    # multi-replica path on a laptop; the replicas share the same cores).
+    config.runtime.cpu_devices = 1
 
     return config

@@ -102,6 +102,7 @@ RULES = {
     "eval.num_prompts": (_int(0), "0 or more"),
     "eval.max_new_tokens": (_int(1), "at least 1"),
     "runtime.strategy": (_choice(*STRATEGIES), ", ".join(STRATEGIES)),
+    "runtime.cpu_devices": (_int(1, 64), "from 1 to 64"),
 }
 
 

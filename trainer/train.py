@@ -144,6 +144,7 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
             return filesystem.read_json(run_dir.report_path)
 
     # ------------------------------------------------------------------ settings, data, tokens, plan
+    distribution.configure_devices(config.runtime)  # before any op (building a tiny model runs some)
     prep = prepare(config, log)
     documents, tokenizer, plan, resolved = prep.documents, prep.tokenizer, prep.plan, prep.resolved
     train_blocks, val_blocks = prep.train_blocks, prep.val_blocks
@@ -178,6 +179,7 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
 
     strategy = distribution.get_strategy(config.runtime, log)
     distribution.check_batch(strategy, config.train.batch_size, config.train.grad_accum_steps)
+    log(distribution.describe_batch(strategy, config.train.batch_size, config.data.block_size))
     with strategy.scope():
         tf.keras.utils.set_random_seed(config.seed)
         model, loaded_from = model_lib.load_model(name_or_path, log)

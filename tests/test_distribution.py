@@ -1,0 +1,68 @@
+"""Several replicas give the one-device result: the loss is the mean over every
+supervised token of the GLOBAL batch, so replicas holding different amounts of
+padding weigh each token the same. Run in a fresh process: logical CPU devices
+must be set before TensorFlow starts."""
+
+import json
+import sys
+import textwrap
+
+import pytest
+
+from tests.conftest import ROOT, cli_args, run_cli, small_config
+
+COMPARE = textwrap.dedent("""
+    import json, sys
+    import trainer
+    from configs import default
+    from trainer import distribution, model as model_lib, optimization, steps
+    config = default.get_config().runtime
+    config.strategy, config.cpu_devices = "mirrored", 2
+    mirrored = distribution.get_strategy(config, log=lambda m: None)
+    import numpy as np, tensorflow as tf
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 300, [8, 16]).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[:4, 5:] = 0  # replica 0 (rows 0-3) is mostly padding, replica 1 has none
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": np.where(mask == 1, ids, -100).astype(np.int32)}
+    plan = optimization.TrainingPlan(1, 1, 10, 1, 1e-2, 1, 1, 1, {})
+    out = {}
+    for name, strategy in (("one", tf.distribute.OneDeviceStrategy("/cpu:0")), ("two", mirrored)):
+        with strategy.scope():
+            model, _ = model_lib.load_model(sys.argv[1], log=lambda m: None)
+            optimizer = optimization.make_optimizer(plan, default.get_config().optim)
+        step = steps.make_train_step(model, optimizer, strategy, 1, 1.0)
+        data = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch))
+        result = {k: float(v) for k, v in step(next(iter(data))).items()}
+        result["weights"] = [float(np.sum(np.abs(w.numpy()))) for w in model.trainable_weights]
+        result["replicas"] = strategy.num_replicas_in_sync
+        out[name] = result
+    print("RESULT" + json.dumps(out))
+""")
+
+
+def test_two_replicas_match_one_device_with_uneven_padding(tiny_model_dir):
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", COMPARE, tiny_model_dir], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.split("RESULT", 1)[1])
+    one, two = out["one"], out["two"]
+    assert (one["replicas"], two["replicas"]) == (1, 2)
+    assert two["count"] == one["count"] == 4 * 4 + 4 * 15  # supervised targets: 4 per padded row, 15 per full row
+    for key in ("loss_sum", "grad_norm", "correct", "tokens"):
+        assert two[key] == pytest.approx(one[key], rel=1e-5), key
+    assert two["weights"] == pytest.approx(one["weights"], rel=1e-5)
+
+
+def test_training_on_two_logical_cpus_through_the_cli(tmp_path, corpus_file, tiny_model_dir):
+    config = small_config(tmp_path / "out", corpus_file, tiny_model_dir)
+    done = run_cli("trainer.task", *cli_args(config, **{"runtime.cpu_devices": 2, "train.epochs": 1,
+                                                        "preflight": "off"}))
+    assert done.returncode == 0, done.stderr[-3000:]
+    output = done.stdout + done.stderr
+    assert "Strategy: mirrored (MirroredStrategy), 2 replica(s)." in output
+    assert "2 replica(s) x 4 rows = global batch 8 rows x 32 tokens = 256 tokens/step." in output
+    report = json.load(open(tmp_path / "out" / "report.json"))
+    assert report["best_val_loss"] < report["initial_val_loss"]
