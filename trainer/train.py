@@ -26,6 +26,7 @@ from trainer import optimization
 from trainer import reporting
 from trainer import settings
 from trainer import steps as steps_lib
+from trainer import vertex
 from trainer.errors import UserError
 
 
@@ -212,6 +213,7 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
                                                                       config.eval.num_prompts)
     training_ngrams = diagnosis.TrainingNgrams(documents.train)
     patience = config.train.early_stopping_patience
+    hypertune = vertex.HypertuneReporter()  # a no-op outside a Vertex tuning trial
 
     def eval_due(at_step: int) -> bool:
         return at_step == 0 or at_step % plan.eval_every_steps == 0 or at_step == plan.total_steps
@@ -245,6 +247,7 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
         else:
             state["evals_since_best"] += 1
         state["last_eval_step"] = at_step
+        hypertune.report(val_loss, at_step)
         log(f"Step {at_step}: validation loss {val_loss:.4f} (perplexity {math.exp(min(val_loss, 50)):.1f}; "
             f"best {state['best_val_loss']:.4f} at step {state['best_step']}).")
         if patience and state["evals_since_best"] >= patience:
@@ -368,6 +371,7 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
     report["monitors"] = sorted(state["monitors"])
     report["samples"] = state["samples"]
     reporting.write_report_card(output_dir, report, resolved, findings)
+    hypertune.report(best, step)  # the trial's result: the exported (best) model's loss
     filesystem.write_json(report["report_path"], report)  # last: its presence means "complete"
     for line in reporting.summary_lines(report):
         log(line)

@@ -1,0 +1,44 @@
+"""Vertex AI's environment, read in this one place.
+
+Hyperparameter tuning: Vertex reads the trial's metric from a file in the
+cloudml-hypertune format (that library is not installable here, so this is a
+re-implementation of its file, checked field by field in tests/test_vertex.py):
+
+    $CLOUD_ML_HP_METRIC_FILE (default /tmp/hypertune/output.metrics), rewritten
+    whole at each report with the 100 latest entries, one JSON object per line,
+    keys sorted, every value a string but the timestamp:
+    {"eval_loss": "2.25", "global_step": "200", "timestamp": 1795437643.41, "trial": "0"}
+
+It is written only inside a tuning trial (CLOUD_ML_TRIAL_ID or
+CLOUD_ML_HP_METRIC_FILE set), so local runs leave nothing in /tmp.
+"""
+
+import collections
+import json
+import os
+import time
+
+from trainer import filesystem
+
+HYPERTUNE_DEFAULT_PATH = "/tmp/hypertune/output.metrics"
+HYPERTUNE_MAX_ENTRIES = 100
+# The metric tunewell reports: validation loss (nats per token), lower is better.
+# A tuning job's spec names it: metric_id "eval_loss", goal MINIMIZE.
+HYPERTUNE_METRIC = "eval_loss"
+
+
+class HypertuneReporter:
+    def __init__(self, environ=None):
+        environ = os.environ if environ is None else environ
+        self.enabled = "CLOUD_ML_TRIAL_ID" in environ or "CLOUD_ML_HP_METRIC_FILE" in environ
+        self.path = environ.get("CLOUD_ML_HP_METRIC_FILE") or HYPERTUNE_DEFAULT_PATH
+        self.trial = str(environ.get("CLOUD_ML_TRIAL_ID", "0"))
+        self.entries = collections.deque(maxlen=HYPERTUNE_MAX_ENTRIES)
+
+    def report(self, value: float, step: int, tag: str = HYPERTUNE_METRIC) -> None:
+        """One entry; the last one reported is the trial's result (the best model's loss)."""
+        if not self.enabled:
+            return
+        self.entries.append({tag: str(value), "global_step": str(int(step)), "timestamp": time.time(),
+                             "trial": self.trial})
+        filesystem.write_text(self.path, "".join(json.dumps(e, sort_keys=True) + "\n" for e in self.entries))
