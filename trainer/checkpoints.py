@@ -124,7 +124,7 @@ class OutputDir:
         """The first launch's plan; refuse a change of settings that would alter it."""
         from trainer.optimization import TrainingPlan
 
-        stored = {k: v for k, v in self.stored["plan"].items()}
+        stored = dict(self.stored["plan"])
         fresh = {k: v for k, v in vars(plan).items() if k != "derived"}
         changed = [k for k in fresh if k not in RESUMABLE_PLAN_FIELDS and fresh[k] != stored.get(k)]
         if changed:

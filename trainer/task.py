@@ -9,6 +9,7 @@ import trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from absl import app, flags
 from ml_collections import config_flags
 
+from trainer import settings
 from trainer.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -36,16 +37,7 @@ def unknown_key_message(argv) -> str:
     spec = importlib.util.spec_from_file_location("_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    known = []
-
-    def walk(node, prefix):
-        for key, value in node.items():
-            if hasattr(value, "items"):
-                walk(value, f"{prefix}{key}.")
-            else:
-                known.append(prefix + key)
-
-    walk(module.get_config(), "")
+    known = list(settings.flatten(module.get_config()))
     for arg in argv:
         if arg.startswith("--config.") and "=" in arg:
             key = arg[len("--config."):].split("=", 1)[0]
