@@ -168,3 +168,20 @@ def test_resume_on_edited_data_is_refused(interrupted_run, tmp_path):
                                         r"they were edited"):
         train.train_and_evaluate(config, log=quiet)
     assert tree_digest(config.output_dir) == before
+
+
+def test_resume_uses_the_stored_plan_when_the_rules_change(interrupted_run, monkeypatch):
+    """Another version deriving another warm-up must not bend the schedule mid-run."""
+    import dataclasses
+
+    from trainer import optimization
+
+    stored = json.load(open(os.path.join(interrupted_run.output_dir, "config.json")))["plan"]
+    plan_training = optimization.plan_training
+    monkeypatch.setattr(optimization, "plan_training", lambda *a: dataclasses.replace(
+        plan_training(*a), warmup_steps=stored["warmup_steps"] + 30))
+    report = train.train_and_evaluate(interrupted_run, log=quiet)
+    expected = optimization.TrainingPlan(**stored, derived={})
+    logged = {p["step"]: p["learning_rate"] for p in report["history"]["train"]}
+    for step in (30, 40):  # after the resume at step 20: the stored warm-up, not the new one
+        assert logged[step] == pytest.approx(optimization.lr_value(step - 1, expected, interrupted_run.optim))

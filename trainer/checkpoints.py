@@ -121,18 +121,19 @@ class OutputDir:
                 "--config.output_dir for the new data.")
 
     def stored_plan(self, plan, config):
-        """The first launch's plan; refuse a change of settings that would alter it."""
+        """The first launch's plan, reused as stored; refuse a max_steps change that would alter it.
+
+        With the config as given and the data unchanged (checked before), only
+        max_steps can make this launch's plan differ from the stored one."""
         from trainer.optimization import TrainingPlan
 
         stored = dict(self.stored["plan"])
         fresh = {k: v for k, v in vars(plan).items() if k != "derived"}
         changed = [k for k in fresh if k not in RESUMABLE_PLAN_FIELDS and fresh[k] != stored.get(k)]
-        if changed:
-            old_max = self.stored["requested"]["train"]["max_steps"]
-            cause = (f"--config.train.max_steps changed from {old_max} to {config.train.max_steps}"
-                     if old_max != config.train.max_steps else "the plan's rules changed (another version)")
+        old_max = self.stored["requested"]["train"]["max_steps"]
+        if changed and old_max != config.train.max_steps:
             raise UserError(
-                f"{cause}: that changes this run's plan ({', '.join(f'{k} {stored.get(k)} -> {fresh[k]}' for k in changed)})"
+                f"--config.train.max_steps changed from {old_max} to {config.train.max_steps}: that changes this run's plan ({', '.join(f'{k} {stored.get(k)} -> {fresh[k]}' for k in changed)})"
                 f", which fixes the learning-rate decay, warm-up and evaluation interval of {self.path}. "
                 f"Resume with --config.train.max_steps={old_max}, or start a new --config.output_dir.")
         stored["checkpoint_every_steps"] = plan.checkpoint_every_steps
