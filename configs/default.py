@@ -55,6 +55,10 @@ def get_config():
     config.data.batching = "packed"
     # Processes for batched tokenization (datasets.map num_proc).
     config.data.num_proc = 1
+    # A folder (local or gs://) of shards written by `python -m trainer.prepare`
+    # with this config: tokenized and packed once, read by tf.data file by file.
+    # "" = read train_files and tokenize them at launch, in memory.
+    config.data.prepared_dir = ""
 
     # ---------------------------------------------------------------- model
     config.model = ml_collections.ConfigDict()

@@ -17,7 +17,7 @@ from trainer.errors import UserError
 from trainer.optimization import SCHEDULES
 
 # Paths a user may write with `~`: expanded once, here, for every reader.
-PATH_KEYS = ("output_dir", "model.name_or_path", "model.tokenizer")
+PATH_KEYS = ("output_dir", "data.prepared_dir", "model.name_or_path", "model.tokenizer")
 
 
 def _int(low=None, high=None, optional=False):
@@ -67,6 +67,7 @@ RULES = {
     "data.block_size": (_int(2), "at least 2 tokens, e.g. 512"),
     "data.batching": (_choice("packed", "padded"), "packed or padded"),
     "data.num_proc": (_int(1), "at least 1"),
+    "data.prepared_dir": (_text(allow_empty=True), "a folder written by python -m trainer.prepare, or empty"),
     "model.name_or_path": (_text(), "a model folder or hub name, e.g. distilgpt2"),
     "model.tokenizer": (_text(allow_empty=True), "a tokenizer folder or hub name, or empty"),
     "model.bootstrap_tiny": (lambda v: isinstance(v, bool), "true or false"),
