@@ -145,13 +145,26 @@ def get_config():
 
     # ---------------------------------------------------------------- runtime
     config.runtime = ml_collections.ConfigDict()
-    # "auto" (MirroredStrategy when several GPUs, or several logical CPUs, are
-    # visible, else default), "default", "one_device" or "mirrored".
-    # See trainer/distribution.py.
+    # "auto": a TPU when one is found (TPU_NAME or a TPU VM), MultiWorkerMirrored
+    # when TF_CONFIG names several tasks, Mirrored with several GPUs (or several
+    # logical CPUs), else "default" (one device). Or name one: "default",
+    # "one_device", "mirrored", "multi_worker", "tpu". See trainer/distribution.py.
     config.runtime.strategy = "auto"
     # Split the CPU into this many logical devices before TensorFlow starts, so a
     # MirroredStrategy has that many replicas without a GPU (for testing the
     # multi-replica path on a laptop; the replicas share the same cores).
     config.runtime.cpu_devices = 1
+    # Compute precision: "float32", "mixed_bfloat16" (16-bit matmuls, float32
+    # weights; TPUs and CPUs with bfloat16 units) or "mixed_float16" (GPUs; the
+    # loss is scaled so small gradients survive float16's range).
+    config.runtime.precision = "float32"
+    # Compile the training step with XLA (tf.function(jit_compile=True)).
+    config.runtime.xla = False
+    # Optimizer steps per call into the compiled step: a host round trip per step
+    # starves a TPU (use 50-200 there). Logging, evaluation and checkpoints fall
+    # on the same steps whatever the value.
+    config.runtime.steps_per_execution = 1
+    # TPU name or grpc:// address for a TPU node; "" = this TPU VM's own TPU.
+    config.runtime.tpu = ""
 
     return config

@@ -18,14 +18,13 @@ Guarantees under a kill at any instant (SIGKILL included):
   uninterrupted run's, and the data order is a function of (seed, epoch).
 """
 
-import glob
+import dataclasses
 import hashlib
 import json
-import os
 
 import numpy as np
 
-from trainer import filesystem, settings
+from trainer import filesystem, settings, vertex
 from trainer.errors import UserError
 
 # Format of config.json: a run written by another format is not resumed.
@@ -40,7 +39,8 @@ RESUMABLE_CHANGES = ("runtime.", "eval.", "preflight", "train.log_every_steps", 
 RESUMABLE_PLAN_FIELDS = ("checkpoint_every_steps",)
 # What tunewell itself writes into an output directory (and trainer.doctor / lr_find).
 RUN_FILES = {"config.json", "report.json", "report.md", "curves.png", "metrics.jsonl", "doctor.json",
-             "doctor.md", "logs", "checkpoints", "export", "export_pytorch", "lr_find"}
+             "doctor.md", "logs", "checkpoints", "export", "export_pytorch", "lr_find",
+             "model"}  # Vertex AI's AIP_MODEL_DIR
 
 
 def data_fingerprint(train_blocks, val_blocks) -> dict:
@@ -57,21 +57,42 @@ def data_fingerprint(train_blocks, val_blocks) -> dict:
             "sha256": digest.hexdigest()}
 
 
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where each part of a run goes: under output_dir, except on Vertex AI, where the
+    job's AIP_MODEL_DIR / AIP_CHECKPOINT_DIR / AIP_TENSORBOARD_LOG_DIR are used
+    when output_dir is the job's base output directory (see settings.resolve)."""
+    checkpoints: str
+    logs: str
+    export: str
+    export_pytorch: str
+
+    @classmethod
+    def of(cls, output_dir: str, environ=None) -> "Layout":
+        join = filesystem.join
+        aip = vertex.output_locations(environ)
+        if aip and aip["base"] == output_dir.rstrip("/"):
+            return cls(aip["checkpoints"], aip["logs"], aip["model"], join(output_dir, "export_pytorch"))
+        return cls(join(output_dir, "checkpoints"), join(output_dir, "logs"), join(output_dir, "export"),
+                   join(output_dir, "export_pytorch"))
+
+
 class OutputDir:
     """What is in an output directory before this run writes anything."""
 
     def __init__(self, path: str):
         self.path = path
-        self.config_path = os.path.join(path, "config.json")
-        self.report_path = os.path.join(path, "report.json")
+        self.config_path = filesystem.join(path, "config.json")
+        self.report_path = filesystem.join(path, "report.json")
         self.stored = None  # config.json of an earlier launch
-        if not os.path.isdir(path):
-            if os.path.exists(path):
+        if not filesystem.isdir(path):
+            if filesystem.exists(path):
                 raise UserError(f"--config.output_dir={path} is a file, not a folder. Pick a new "
                                 "--config.output_dir.")
             return
-        entries = sorted(e for e in os.listdir(path) if filesystem.TMP_MARK not in e)
-        if os.path.exists(self.config_path):
+        entries = [e for e in filesystem.listdir(path) if filesystem.TMP_MARK not in e and
+                   not e.startswith(".tunewell-write-check-")]
+        if filesystem.exists(self.config_path):
             try:
                 stored = filesystem.read_json(self.config_path)
             except (ValueError, OSError):
@@ -94,7 +115,7 @@ class OutputDir:
     @property
     def complete(self) -> bool:
         """report.json is written last: a run that has it has finished and exported."""
-        return self.stored is not None and os.path.exists(self.report_path)
+        return self.stored is not None and filesystem.exists(self.report_path)
 
     def check_config(self, config) -> None:
         """The config as given must match the stored one outside RESUMABLE_CHANGES."""
@@ -139,14 +160,14 @@ class OutputDir:
         stored["checkpoint_every_steps"] = plan.checkpoint_every_steps
         return TrainingPlan(**stored, derived=self.stored.get("derived", {}))
 
-    def write_config(self, requested, resolved, plan, fingerprint, data_stats) -> None:
+    def write_config(self, requested, resolved, plan, fingerprint, data_stats, layout: Layout) -> None:
         from trainer import __version__
 
         filesystem.write_json(self.config_path, {
             "tunewell": {"format": RUN_FORMAT, "version": __version__},
             "requested": requested, "config": resolved, "derived": plan.derived,
             "plan": {k: v for k, v in vars(plan).items() if k != "derived"},
-            "data_fingerprint": fingerprint, "data": data_stats})
+            "data_fingerprint": fingerprint, "data": data_stats, "layout": dataclasses.asdict(layout)})
 
 
 class RunState:
@@ -184,28 +205,46 @@ class RunState:
 
 
 class Checkpoints:
-    def __init__(self, output_dir: str, model, optimizer, state: RunState, keep: int):
+    """The latest states and the best weights of a run.
+
+    `directory` is read (the run's checkpoints, which every worker restores);
+    `write_directory` is written: the same for the chief, a worker-local folder
+    for the other workers of a multi-worker job (their saves are identical and
+    thrown away, but every worker must take part in a save)."""
+
+    def __init__(self, directory: str, model, optimizer, state: RunState, keep: int,
+                 write_directory: str | None = None):
         import tensorflow as tf
 
-        self.directory = os.path.join(output_dir, "checkpoints")
-        self.best_directory = os.path.join(self.directory, "best")
+        self.directory = directory
+        self.writes_run = write_directory is None
+        write_directory = write_directory or directory
+        self.best_directory = filesystem.join(write_directory, "best")
+        self.read_best_directory = filesystem.join(directory, "best")
         self.state = state
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, run_state=state.trackable)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory, max_to_keep=keep,
+        self.manager = tf.train.CheckpointManager(self.checkpoint, write_directory, max_to_keep=keep,
                                                   step_counter=optimizer.iterations)
         self.best = tf.train.Checkpoint(model=model)
+
+    @property
+    def latest(self) -> str | None:
+        import tensorflow as tf
+
+        return tf.train.latest_checkpoint(self.directory)
 
     def restore_latest(self) -> int:
         """The step of the latest state, restored (0 when there is none).
 
         Also deletes the best checkpoints that state does not name."""
-        latest = self.manager.latest_checkpoint
+        latest = self.latest
         if latest:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
-        self._prune_best(keep=self.state["best_step"] if latest else None)
+        if self.writes_run:
+            self._prune_best(keep=self.state["best_step"] if latest else None)
         if latest and self.state["best_step"] >= 0 and not self._best_index(self.state["best_step"]):
             raise UserError(f"{latest} names best weights at step {self.state['best_step']}, but "
-                            f"{self.best_directory} does not hold them: the folder was edited by hand. "
+                            f"{self.read_best_directory} does not hold them: the folder was edited by hand. "
                             "Start again with a new --config.output_dir.")
         return int(latest.rsplit("-", 1)[1]) if latest else 0
 
@@ -224,19 +263,19 @@ class Checkpoints:
         from trainer import faults
 
         faults.point("best_save", step)
-        self.best.write(os.path.join(self.best_directory, f"ckpt-{step}"))
+        self.best.write(filesystem.join(self.best_directory, f"ckpt-{step}"))
         faults.point("after_best_save", step)
 
     def restore_best(self) -> int:
         step = self.state["best_step"]
-        self.best.read(os.path.join(self.best_directory, f"ckpt-{step}")).expect_partial()
+        self.best.read(filesystem.join(self.best_directory, f"ckpt-{step}")).expect_partial()
         return step
 
     def _best_index(self, step: int) -> bool:
-        return os.path.exists(os.path.join(self.best_directory, f"ckpt-{step}.index"))
+        return filesystem.exists(filesystem.join(self.read_best_directory, f"ckpt-{step}.index"))
 
     def _prune_best(self, keep) -> None:
-        for path in glob.glob(os.path.join(glob.escape(self.best_directory), "ckpt-*")):
-            number = os.path.basename(path).split(".", 1)[0].rsplit("-", 1)[1]
+        for path in filesystem.glob_in(self.best_directory, "ckpt-*"):
+            number = path.rsplit("/", 1)[-1].split(".", 1)[0].rsplit("-", 1)[1]
             if not number.isdigit() or int(number) != keep:
                 filesystem.remove(path)

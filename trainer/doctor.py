@@ -146,8 +146,17 @@ def label_findings(blocks, eos_token_id: int) -> list[Finding]:
 
 
 def run_checks(config, prep, n_params: int, replicas: int = 1) -> tuple[list[Finding], dict]:
-    """Data audit + settings + labels, errors first."""
+    """Data audit + settings + labels, errors first.
+
+    Prepared data (prep.train_blocks is None) was audited by trainer.prepare,
+    which read the documents; here only the settings are checked against it."""
     tokenizer = prep.tokenizer
+    if prep.train_blocks is None:
+        findings = settings_findings(config, prep.plan, prep.data_stats["train"]["documents"],
+                                     prep.model_config.n_embd, n_params, prep.data_stats["train"]["tokens"],
+                                     replicas)
+        findings.sort(key=lambda f: audit.SEVERITIES.index(f.severity))
+        return findings, {}
 
     def tokenize(texts):
         return tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]

@@ -7,12 +7,15 @@ import numpy as np
 
 def evaluate(eval_step, distributed_dataset, should_stop=lambda: False) -> dict | None:
     """Token-weighted metrics over the whole validation set; None when should_stop()
-    turns true between batches (a preemption notice leaves no time to finish)."""
+    turns true on any worker (a preemption notice leaves no time to finish). The
+    flag travels with each batch's sums, so every worker abandons at the same batch."""
+    import tensorflow as tf
+
     loss_sum = count = correct = 0.0
     for batch in distributed_dataset:
-        if should_stop():
+        out = eval_step(batch, tf.constant(1.0 if should_stop() else 0.0))
+        if float(out["stop"]) > 0:
             return None
-        out = eval_step(batch)
         loss_sum += float(out["loss_sum"])
         count += float(out["count"])
         correct += float(out["correct"])

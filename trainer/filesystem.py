@@ -1,8 +1,19 @@
-"""Filesystem: the one place that writes a run's outputs.
+"""Filesystem: the one place that writes a run's outputs, on local disk or gs://.
 
 Every output path goes through here, so each promise about files is kept in
-one function: a file is either the old complete one or the new complete one
-(write beside, then rename), and an export folder is swapped in whole.
+one function: a file is either the old complete one or the new complete one,
+and an export folder is swapped in whole.
+
+- Local paths: write beside, then rename; folders are exchanged in one
+  renameat2 call.
+- gs:// (and any other URL TensorFlow's filesystem knows): through tf.io.gfile.
+  An object upload is all-or-nothing, so single files are atomic as they are.
+  Cloud Storage has no rename, so a folder is complete when its marker object
+  (COMPLETE_MARKER, written last) exists; readers check it. Folders written
+  by libraries that only write locally (save_pretrained, matplotlib) are
+  written to a local temporary folder and uploaded with the google-cloud-storage
+  client (parallel transfers).
+
 Paths are expanded here too: bash leaves `~` alone after `--flag=`, and a
 literal `~` folder in the working directory is one `rm -rf ~` away from a
 deleted home directory.
@@ -14,20 +25,96 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
+
+from trainer.errors import UserError
 
 # Leftovers of a write that was killed half-way: they are never read, and are
 # removed by the next writer of the same folder.
 TMP_MARK, OLD_MARK = ".tmp-", ".old-"
+# Written last into every published folder (export/, export_pytorch/, lr_find/):
+# on gs://, where a folder cannot be swapped in, its presence means complete.
+COMPLETE_MARKER = "COMPLETE.json"
+
+
+def is_remote(path: str) -> bool:
+    """gs://bucket/... (or another scheme TensorFlow's filesystem handles)."""
+    return "://" in path
+
+
+def _gfile():
+    import tensorflow as tf
+
+    return tf.io.gfile
 
 
 def expand(path: str) -> str:
-    """`~` and `~user` expanded, environment variables too; '' stays ''."""
-    return os.path.expandvars(os.path.expanduser(path)) if path else path
+    """`~` and `~user` expanded, environment variables too; '' stays ''; URLs as given."""
+    if not path:
+        return path
+    path = os.path.expandvars(path)
+    return path if is_remote(path) else os.path.expanduser(path)
+
+
+def join(*parts: str) -> str:
+    return os.path.join(*parts)  # string arithmetic only: also right for gs://bucket/a + b
+
+
+def exists(path: str) -> bool:
+    return _gfile().exists(path) if is_remote(path) else os.path.exists(path)
+
+
+def isdir(path: str) -> bool:
+    return _gfile().isdir(path) if is_remote(path) else os.path.isdir(path)
+
+
+def listdir(path: str) -> list[str]:
+    """Names in a folder (no trailing '/'), sorted."""
+    if is_remote(path):
+        return sorted(name.rstrip("/") for name in _gfile().listdir(path))
+    return sorted(os.listdir(path))
+
+
+def makedirs(path: str) -> None:
+    """On gs:// folders are implicit: nothing to do (and gfile.makedirs on a missing
+    bucket retries forever: check_output_location comes first)."""
+    if not is_remote(path):
+        os.makedirs(path, exist_ok=True)
+
+
+def glob_in(folder: str, pattern: str) -> list[str]:
+    """Paths in `folder` matching `pattern` (the folder's own name is taken literally)."""
+    if is_remote(folder):
+        return sorted(_gfile().glob(join(folder, pattern)))
+    return sorted(glob.glob(os.path.join(glob.escape(folder), pattern)))
+
+
+def read_text(path: str) -> str:
+    if is_remote(path):
+        with _gfile().GFile(path, "r") as f:
+            return f.read()
+    with open(path) as f:
+        return f.read()
+
+
+def read_bytes(path: str) -> bytes:
+    if is_remote(path):
+        with _gfile().GFile(path, "rb") as f:
+            return f.read()
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def write_file(path: str, write) -> None:
     """write(tmp_path) beside `path`, then rename: a kill at any instant leaves the old
-    file or the new one, never half of one (for libraries that write files themselves)."""
+    file or the new one, never half of one (for libraries that write files themselves).
+    On gs:// tmp_path is local and the file is uploaded in one object write."""
+    if is_remote(path):
+        with tempfile.TemporaryDirectory(prefix="tunewell-upload-") as local:
+            tmp = os.path.join(local, os.path.basename(path))
+            write(tmp)
+            _gfile().copy(tmp, path, overwrite=True)
+        return
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + TMP_MARK)
@@ -41,6 +128,11 @@ def write_file(path: str, write) -> None:
 
 
 def write_text(path: str, text: str) -> None:
+    if is_remote(path):
+        with _gfile().GFile(path, "w") as f:  # one object, created whole on close
+            f.write(text)
+        return
+
     def write(tmp):
         with open(tmp, "w") as f:
             f.write(text)
@@ -51,7 +143,11 @@ def write_text(path: str, text: str) -> None:
 
 def append_line(path: str, line: str) -> None:
     """One line appended; a kill mid-write leaves at most a partial LAST line, which
-    readers of line files skip (see reporting.RunLog)."""
+    readers of line files skip (see reporting.RunLog). Objects cannot be appended to:
+    on gs:// the file is rewritten whole (metrics files are small)."""
+    if is_remote(path):
+        write_text(path, (read_text(path) if exists(path) else "") + line + "\n")
+        return
     with open(path, "a") as f:
         f.write(line + "\n")
 
@@ -61,12 +157,7 @@ def write_json(path: str, obj) -> None:
 
 
 def read_json(path: str):
-    with open(path) as f:
-        return json.load(f)
-
-
-def exists(path: str) -> bool:
-    return os.path.exists(path)
+    return json.loads(read_text(path))
 
 
 def remove_stale(folder: str) -> list[str]:
@@ -74,6 +165,8 @@ def remove_stale(folder: str) -> list[str]:
 
     Only `*.tmp-*`: an `*.old-*` folder may hold the one complete copy of an
     export (see publish_dir), which the next publish puts back."""
+    if is_remote(folder):
+        return []  # nothing is written beside its target on gs://
     removed = glob.glob(os.path.join(glob.escape(folder), f"*{TMP_MARK}*"))
     for path in removed:
         remove(path)
@@ -81,6 +174,13 @@ def remove_stale(folder: str) -> list[str]:
 
 
 def remove(path: str) -> None:
+    if is_remote(path):
+        gfile = _gfile()
+        if gfile.isdir(path):
+            gfile.rmtree(path)
+        elif gfile.exists(path):
+            gfile.remove(path)
+        return
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path, ignore_errors=True)
     elif os.path.lexists(path):
@@ -115,8 +215,11 @@ def publish_dir(folder: str, write) -> None:
     finds either the old complete folder or the new complete one. Where the
     filesystem cannot exchange, the old folder is moved aside and put back if
     the second rename fails (a window of two renames without `folder`).
-    Leftovers of a killed earlier publish are removed first.
+    Leftovers of a killed earlier publish are removed first. On gs:// see
+    _publish_remote. Either way COMPLETE_MARKER is the folder's last file.
     """
+    if is_remote(folder):
+        return _publish_remote(folder, write)
     folder = os.path.abspath(folder)
     parent, name = os.path.dirname(folder), os.path.basename(folder)
     os.makedirs(parent, exist_ok=True)
@@ -129,6 +232,7 @@ def publish_dir(folder: str, write) -> None:
     tmp = tempfile.mkdtemp(prefix=name + TMP_MARK, dir=parent)
     try:
         write(tmp)
+        _write_marker(tmp)
         if not os.path.exists(folder):
             os.rename(tmp, folder)
             return
@@ -146,3 +250,106 @@ def publish_dir(folder: str, write) -> None:
     except BaseException:
         remove(tmp)
         raise
+
+
+def _write_marker(local_folder: str) -> None:
+    files = sorted(os.path.relpath(os.path.join(root, f), local_folder)
+                   for root, _, names in os.walk(local_folder) for f in names)
+    with open(os.path.join(local_folder, COMPLETE_MARKER), "w") as f:
+        json.dump({"files": {p: os.path.getsize(os.path.join(local_folder, p)) for p in files}}, f,
+                  indent=1, sort_keys=True)
+
+
+def _publish_remote(folder: str, write) -> None:
+    """Cloud Storage has no rename: the marker goes first, then the old objects, then the
+    new ones are uploaded and the marker is written last. A kill in between leaves a folder
+    without its marker, which readers refuse and the next publish replaces."""
+    with tempfile.TemporaryDirectory(prefix="tunewell-publish-") as local:
+        write(local)
+        remove(join(folder, COMPLETE_MARKER))
+        remove(folder)
+        upload_dir(local, folder)
+        _write_marker(local)
+        _gfile().copy(os.path.join(local, COMPLETE_MARKER), join(folder, COMPLETE_MARKER), overwrite=True)
+
+
+def is_complete(folder: str) -> bool:
+    """A published folder: its marker is there (every local publish writes it too)."""
+    return exists(join(folder, COMPLETE_MARKER))
+
+
+# ----------------------------------------------------------------------------- Cloud Storage
+
+
+def _split_gs(url: str) -> tuple[str, str]:
+    bucket, _, prefix = url[len("gs://"):].partition("/")
+    return bucket, prefix.strip("/")
+
+
+def _storage_client():
+    from google.cloud import storage
+
+    return storage.Client()  # application default credentials; STORAGE_EMULATOR_HOST in tests
+
+
+def upload_dir(local: str, url: str) -> None:
+    """Every file under `local` to the same relative names under gs://bucket/prefix."""
+    from google.cloud.storage import transfer_manager
+
+    bucket_name, prefix = _split_gs(url)
+    names = sorted(os.path.relpath(os.path.join(root, f), local)
+                   for root, _, files in os.walk(local) for f in files)
+    bucket = _storage_client().bucket(bucket_name)
+    results = transfer_manager.upload_many_from_filenames(
+        bucket, names, source_directory=local, blob_name_prefix=f"{prefix}/" if prefix else "",
+        max_workers=8, worker_type=transfer_manager.THREAD)
+    for name, result in zip(names, results):
+        if isinstance(result, Exception):
+            raise OSError(f"uploading {name} to {url} failed: {result}") from result
+
+
+def download_dir(url: str, local: str) -> str:
+    """A published folder on gs:// copied to `local`; refused without its marker."""
+    if not is_complete(url):
+        raise UserError(f"{url} has no {COMPLETE_MARKER}: it is not a complete folder (an export that "
+                        "was interrupted, or not one tunewell wrote). Re-run the training job to finish it.")
+    bucket_name, prefix = _split_gs(url)
+    client = _storage_client()
+    for blob in client.list_blobs(bucket_name, prefix=f"{prefix}/"):
+        relative = blob.name[len(prefix) + 1:]
+        if not relative or relative.endswith("/"):
+            continue
+        target = os.path.join(local, relative)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        blob.download_to_filename(target)
+    return local
+
+
+def check_output_location(path: str) -> None:
+    """Before any compute: the bucket of a gs:// output exists and this job may write there.
+
+    TensorFlow's gfile.makedirs and tf.summary.create_file_writer retry forever
+    on a missing bucket (no error), while listing the bucket fails at once: this
+    check is what turns a typo into a message instead of a hung job."""
+    if not path.startswith("gs://"):
+        return
+    import tensorflow as tf
+
+    bucket = _split_gs(path)[0]
+    try:
+        _gfile().listdir(f"gs://{bucket}/")
+    except tf.errors.NotFoundError:
+        raise UserError(f"{path}: the bucket gs://{bucket} does not exist. Create it (gcloud storage buckets "
+                        f"create gs://{bucket} --location=REGION) or fix the bucket name.") from None
+    except tf.errors.PermissionDeniedError:
+        raise UserError(f"{path}: this job may not list gs://{bucket} (missing permission "
+                        "storage.objects.list). Grant its service account roles/storage.objectAdmin on "
+                        "the bucket.") from None
+    probe = join(path, f".tunewell-write-check-{uuid.uuid4().hex[:8]}")
+    try:
+        write_text(probe, "ok")
+        remove(probe)
+    except tf.errors.PermissionDeniedError:
+        raise UserError(f"{path}: this job may not write to gs://{bucket} (missing permission "
+                        "storage.objects.create). Grant its service account roles/storage.objectAdmin "
+                        "on the bucket.") from None

@@ -71,6 +71,23 @@ def choose_weights(folder: str) -> LoadedFrom:
         f"{SAFETENSORS_INDEX}, {PYTORCH_BIN}; the folder has {found}).")
 
 
+def _download_model_dir(url: str) -> str:
+    """A model folder on gs:// (e.g. an earlier run's export) copied to a local cache once.
+
+    Only a complete folder (its COMPLETE.json marker written last) is taken."""
+    import hashlib
+    import tempfile
+
+    local = os.path.join(tempfile.gettempdir(), "tunewell-models", hashlib.sha1(url.encode()).hexdigest()[:16])
+    if not os.path.exists(os.path.join(local, filesystem.COMPLETE_MARKER)):
+        filesystem.remove(local)
+        tmp = local + filesystem.TMP_MARK + str(os.getpid())
+        filesystem.download_dir(url, tmp)
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        os.replace(tmp, local)
+    return local
+
+
 @functools.lru_cache(maxsize=None)
 def resolve_model_dir(name_or_path: str) -> str:
     """A local folder as is; a hub name downloaded with only the weight file we will load.
@@ -78,6 +95,8 @@ def resolve_model_dir(name_or_path: str) -> str:
     Cached: tokenizer, config and weights all resolve the same name, and a hub
     name should cost one listing and one download per process, not three."""
     name_or_path = filesystem.expand(name_or_path)
+    if filesystem.is_remote(name_or_path):
+        return _download_model_dir(name_or_path)
     if os.path.isdir(name_or_path):
         return name_or_path
     if os.path.exists(name_or_path) or name_or_path.startswith((".", "/", "~")):

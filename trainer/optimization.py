@@ -203,13 +203,19 @@ def make_schedule(plan: TrainingPlan, optim_config):
 NO_DECAY = ["bias", "ln_", "LayerNorm", "layer_norm", "gamma", "beta"]
 
 
-def make_optimizer(plan: TrainingPlan, optim_config, schedule=None):
+def make_optimizer(plan: TrainingPlan, optim_config, schedule=None, loss_scaling: bool = False):
     """AdamW on the plan's schedule (or `schedule`, e.g. lr_find's sweep); create it
-    inside strategy.scope() so its slots are distributed like the weights."""
+    inside strategy.scope() so its slots are distributed like the weights.
+
+    loss_scaling (mixed_float16): wrapped in a dynamic LossScaleOptimizer, which
+    skips a step whose gradients overflow and halves the scale (doubling it after
+    2,000 clean steps)."""
     import tensorflow as tf
 
     optimizer = tf.keras.optimizers.AdamW(
         learning_rate=schedule or make_schedule(plan, optim_config), weight_decay=optim_config.weight_decay,
         beta_1=optim_config.beta_1, beta_2=optim_config.beta_2, epsilon=optim_config.epsilon)
     optimizer.exclude_from_weight_decay(var_names=NO_DECAY)
+    if loss_scaling:
+        optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
     return optimizer

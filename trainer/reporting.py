@@ -6,7 +6,6 @@ OUTPUT/report.json                         the run's outcome (keys are a contrac
 """
 
 import json
-import os
 
 from trainer import filesystem
 
@@ -14,44 +13,53 @@ write_json = filesystem.write_json
 
 
 class RunLog:
-    def __init__(self, output_dir: str, resume_step: int, last_eval_step: int):
+    """TensorBoard scalars and text, and metrics.jsonl. write=False (the non-chief workers
+    of a multi-worker job) keeps the history in memory and writes nothing."""
+
+    def __init__(self, output_dir: str, resume_step: int, last_eval_step: int, write: bool = True,
+                 logs_dir: str | None = None):
         import tensorflow as tf
 
         self.tf = tf
-        logs = os.path.join(output_dir, "logs")
-        self.writers = {split: tf.summary.create_file_writer(os.path.join(logs, split))
-                        for split in ("train", "validation")}
-        self.history_path = os.path.join(output_dir, "metrics.jsonl")
+        self.write = write
+        logs = logs_dir or filesystem.join(output_dir, "logs")
+        self.writers = {split: tf.summary.create_file_writer(filesystem.join(logs, split))
+                        for split in ("train", "validation")} if write else {}
+        self.history_path = filesystem.join(output_dir, "metrics.jsonl")
         # Points logged after the state we resume from are dropped: the resumed run
         # logs them again (an evaluation counts when that state recorded it: one
         # logged just before a kill, or at step 0 with no checkpoint yet, is redone).
         # Rewritten whole, so a kill here loses nothing.
         last = {"train": resume_step, "validation": last_eval_step}
         self.history = [h for h in self._read_history() if h["step"] <= last[h["split"]]]
-        filesystem.write_text(self.history_path, "".join(json.dumps(h) + "\n" for h in self.history))
+        if write:
+            filesystem.write_text(self.history_path, "".join(json.dumps(h) + "\n" for h in self.history))
 
     def _read_history(self):
-        if not os.path.exists(self.history_path):
+        if not filesystem.exists(self.history_path):
             return []
         points = []
-        with open(self.history_path) as f:
-            for line in f:
-                try:
-                    points.append(json.loads(line))
-                except ValueError:  # the partial last line of a killed append
-                    continue
+        for line in filesystem.read_text(self.history_path).splitlines():
+            try:
+                points.append(json.loads(line))
+            except ValueError:  # the partial last line of a killed append
+                continue
         return points
 
     def scalars(self, split: str, step: int, values: dict) -> None:
+        point = {"split": split, "step": int(step), **{k: float(v) for k, v in values.items()}}
+        self.history.append(point)
+        if not self.write:
+            return
         with self.writers[split].as_default():
             for name, value in values.items():
                 self.tf.summary.scalar(name, value, step=step)
         self.writers[split].flush()
-        point = {"split": split, "step": int(step), **{k: float(v) for k, v in values.items()}}
-        self.history.append(point)
         filesystem.append_line(self.history_path, json.dumps(point))
 
     def text(self, split: str, tag: str, step: int, markdown: str) -> None:
+        if not self.write:
+            return
         with self.writers[split].as_default():
             self.tf.summary.text(tag, markdown, step=step)
         self.writers[split].flush()
@@ -79,10 +87,11 @@ def say(message: str) -> None:
     tqdm.write(message)
 
 
-def progress_bar(total: int, initial: int):
+def progress_bar(total: int, initial: int, enabled: bool = True):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, unit="step", desc="Training", dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, unit="step", desc="Training", dynamic_ncols=True,
+                disable=not enabled)
 
 
 def summary_lines(report: dict) -> list[str]:
@@ -126,7 +135,7 @@ def plot_curves(report: dict, path: str) -> None:
 
 def write_report_card(output_dir: str, report: dict, config: dict, findings) -> str:
     """OUTPUT/report.md: one page with config, data audit, curves, diagnosis and samples."""
-    filesystem.write_file(os.path.join(output_dir, "curves.png"), lambda tmp: plot_curves(report, tmp))
+    filesystem.write_file(filesystem.join(output_dir, "curves.png"), lambda tmp: plot_curves(report, tmp))
     lines = ["# Fine-tuning report", "",
              f"Model `{report['model']['name_or_path']}` ({report['model']['parameters']:,} parameters), "
              f"{report['steps']} steps, {report['train_tokens']:,} training tokens, "
@@ -146,6 +155,6 @@ def write_report_card(output_dir: str, report: dict, config: dict, findings) -> 
     lines += ["", "## Samples (last evaluation)", ""]
     lines += [f"- **{s['prompt']}** {s['completion']}" for s in report.get("samples", [])]
     lines += ["", "## Config", "", config_markdown(config), ""]
-    path = os.path.join(output_dir, "report.md")
+    path = filesystem.join(output_dir, "report.md")
     filesystem.write_text(path, "\n".join(lines))
     return path

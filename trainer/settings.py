@@ -11,8 +11,8 @@ import math
 
 import ml_collections
 
-from trainer import filesystem
-from trainer.distribution import STRATEGIES
+from trainer import filesystem, vertex
+from trainer.distribution import PRECISIONS, STRATEGIES
 from trainer.errors import UserError
 from trainer.optimization import SCHEDULES
 
@@ -104,6 +104,10 @@ RULES = {
     "eval.max_new_tokens": (_int(1), "at least 1"),
     "runtime.strategy": (_choice(*STRATEGIES), ", ".join(STRATEGIES)),
     "runtime.cpu_devices": (_int(1, 64), "from 1 to 64"),
+    "runtime.precision": (_choice(*PRECISIONS), ", ".join(PRECISIONS)),
+    "runtime.xla": (lambda v: isinstance(v, bool), "true or false"),
+    "runtime.steps_per_execution": (_int(1), "at least 1 (50-200 on a TPU)"),
+    "runtime.tpu": (lambda v: isinstance(v, str), "a TPU name or grpc:// address, or empty"),
 }
 
 
@@ -147,5 +151,9 @@ def resolve(config):
         section, _, name = key.rpartition(".")
         node = resolved[section] if section else resolved
         node[name] = filesystem.expand(node[name])
+    vertex_outputs = vertex.output_locations()
+    if vertex_outputs and not filesystem.is_remote(resolved.output_dir):
+        # On Vertex a local folder dies with the job's VM: the job's baseOutputDirectory it is.
+        resolved.output_dir = vertex_outputs["base"]
     resolved.lock()
     return resolved

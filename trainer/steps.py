@@ -34,37 +34,49 @@ def _logits(model, batch, training):
                  training=training).logits
 
 
-def make_train_step(model, optimizer, strategy, grad_accum_steps: int, max_grad_norm: float):
-    """A tf.function taking one distributed global batch and applying one update.
-
-    Returns global sums (loss_sum, count, correct, tokens) and the pre-clip
-    global gradient norm. A non-finite norm means this update wrote NaN/Inf
-    into the weights: the caller must stop before saving them.
-    """
+def _replica_step_fn(model, optimizer, strategy, grad_accum_steps: int, max_grad_norm: float,
+                     xla: bool = False):
+    """One update as seen by one replica; returns that replica's share of the global sums."""
     import tensorflow as tf
 
     SUM = tf.distribute.ReduceOp.SUM
+    # float16 runs scale the loss so small gradients survive float16's range; the
+    # LossScaleOptimizer skips (and lowers the scale on) a step whose gradients overflow.
+    loss_scale = getattr(optimizer, "dynamic", None) is not None and hasattr(optimizer, "get_scaled_loss")
+
+    def micro_batch(part, denominator, scale):
+        """Loss sums and gradients of one micro-batch: the heavy part, no collectives,
+        so it is the part XLA compiles (runtime.xla)."""
+        variables = model.trainable_variables
+        with tf.GradientTape() as tape:
+            part_loss, _, part_correct = token_sums(_logits(model, part, True), part["labels"])
+            scaled = part_loss / denominator * scale
+        part_grads = tape.gradient(scaled, variables)
+        part_grads = [tf.convert_to_tensor(g) if g is not None else tf.zeros_like(v)
+                      for g, v in zip(part_grads, variables)]
+        return part_loss, part_correct, part_grads
+
+    compute = tf.function(micro_batch, jit_compile=True) if xla else micro_batch
 
     def replica_step(batch):
         ctx = tf.distribute.get_replica_context()
         variables = model.trainable_variables
         local_count = tf.reduce_sum(tf.cast(batch["labels"][:, 1:] != IGNORE_INDEX, tf.float32))
         denominator = tf.maximum(ctx.all_reduce(SUM, local_count), 1.0)
+        scale = tf.cast(optimizer.loss_scale, tf.float32) if loss_scale else tf.constant(1.0)
         # [rows, T] -> [grad_accum_steps, rows / grad_accum_steps, T]
         micro = {k: tf.reshape(v, [grad_accum_steps, -1, v.shape[-1]]) for k, v in batch.items()}
         grads = [tf.zeros_like(v) for v in variables]
         loss_sum = correct = tf.constant(0.0)
         for i in tf.range(grad_accum_steps):
-            part = {k: v[i] for k, v in micro.items()}
-            with tf.GradientTape() as tape:
-                part_loss, _, part_correct = token_sums(_logits(model, part, True), part["labels"])
-                scaled = part_loss / denominator
-            part_grads = tape.gradient(scaled, variables)
-            grads = [g + (tf.convert_to_tensor(pg) if pg is not None else 0.0)
-                     for g, pg in zip(grads, part_grads)]
+            part_loss, part_correct, part_grads = compute({k: v[i] for k, v in micro.items()},
+                                                          denominator, scale)
+            grads = [g + pg for g, pg in zip(grads, part_grads)]
             loss_sum += part_loss
             correct += part_correct
         grads = ctx.all_reduce(SUM, grads)
+        if loss_scale:
+            grads = [g / scale for g in grads]
         nan_step = faults.nan_gradient_step()
         if nan_step is not None:  # the fault suite's NaN; no such op in a normal run's graph
             poison = tf.where(optimizer.iterations + 1 == nan_step, float("nan"), 0.0)
@@ -75,9 +87,27 @@ def make_train_step(model, optimizer, strategy, grad_accum_steps: int, max_grad_
             grad_norm = tf.linalg.global_norm(grads)
         # Already summed over replicas above, so the clip saw the true global norm.
         optimizer.apply_gradients(zip(grads, variables), skip_gradients_aggregation=True)
+        if loss_scale:  # an overflow step was skipped by the optimizer: not a divergence
+            grad_norm = tf.where(tf.math.is_finite(grad_norm), grad_norm, 0.0)
         tokens = tf.reduce_sum(tf.cast(batch["attention_mask"], tf.float32))
         return {"loss_sum": loss_sum, "count": local_count, "correct": correct, "tokens": tokens,
                 "grad_norm": grad_norm / strategy.num_replicas_in_sync}
+
+    return replica_step
+
+
+def make_train_step(model, optimizer, strategy, grad_accum_steps: int, max_grad_norm: float,
+                    xla: bool = False):
+    """A tf.function taking one distributed global batch and applying one update.
+
+    Returns global sums (loss_sum, count, correct, tokens) and the pre-clip
+    global gradient norm. A non-finite norm means this update wrote NaN/Inf
+    into the weights: the caller must stop before saving them.
+    """
+    import tensorflow as tf
+
+    SUM = tf.distribute.ReduceOp.SUM
+    replica_step = _replica_step_fn(model, optimizer, strategy, grad_accum_steps, max_grad_norm, xla)
 
     @tf.function
     def train_step(distributed_batch):
@@ -87,18 +117,47 @@ def make_train_step(model, optimizer, strategy, grad_accum_steps: int, max_grad_
     return train_step
 
 
+def make_train_loop(model, optimizer, strategy, grad_accum_steps: int, max_grad_norm: float,
+                    xla: bool = False):
+    """train_loop(iterator, num_steps, stop_requested) -> (sums over the steps, stop_agreed).
+
+    Several updates per call (runtime.steps_per_execution): a TPU idles during a
+    host round trip, so the loop over steps runs on the device. num_steps is a
+    tensor, so a shorter last call (to land on an evaluation step) reuses the
+    same compiled function. stop_requested is this worker's flag; the returned
+    count is summed over every replica of every worker, so all workers agree on
+    stopping at the same step (nobody is left waiting in a collective)."""
+    import tensorflow as tf
+
+    SUM = tf.distribute.ReduceOp.SUM
+    replica_step = _replica_step_fn(model, optimizer, strategy, grad_accum_steps, max_grad_norm, xla)
+    keys = ("loss_sum", "count", "correct", "tokens", "grad_norm")
+
+    @tf.function
+    def train_loop(iterator, num_steps, stop_requested):
+        totals = {k: tf.constant(0.0) for k in keys}
+        for _ in tf.range(num_steps):
+            out = strategy.run(replica_step, args=(next(iterator),))
+            totals = {k: totals[k] + strategy.reduce(SUM, out[k], axis=None) for k in keys}
+        votes = strategy.reduce(SUM, strategy.run(tf.identity, args=(stop_requested,)), axis=None)
+        return totals, votes
+
+    return train_loop
+
+
 def make_eval_step(model, strategy):
     import tensorflow as tf
 
     SUM = tf.distribute.ReduceOp.SUM
 
-    def replica_step(batch):
+    def replica_step(batch, stop_requested):
         loss_sum, count, correct = token_sums(_logits(model, batch, False), batch["labels"])
-        return {"loss_sum": loss_sum, "count": count, "correct": correct}
+        return {"loss_sum": loss_sum, "count": count, "correct": correct, "stop": stop_requested}
 
     @tf.function
-    def eval_step(distributed_batch):
-        out = strategy.run(replica_step, args=(distributed_batch,))
+    def eval_step(distributed_batch, stop_requested=0.0):
+        """Sums over the batch; "stop" > 0 when any worker asked to stop (agreed, as in training)."""
+        out = strategy.run(replica_step, args=(distributed_batch, tf.cast(stop_requested, tf.float32)))
         return {k: strategy.reduce(SUM, v, axis=None) for k, v in out.items()}
 
     return eval_step

@@ -55,7 +55,7 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     from absl import logging
 
-    from trainer import train  # after flag parsing: --help stays fast
+    from trainer import distribution, train  # after flag parsing: --help stays fast
 
     logging.set_verbosity(logging.WARNING)  # TensorFlow's per-save INFO lines drown the progress bar
 
@@ -67,6 +67,9 @@ def main(argv):
     except train.Interrupted as e:
         print(str(e), file=sys.stderr)
         sys.exit(e.exit_code)
+    except distribution.PeerLost as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ has been checked; report.json is written last and marks a finished run.
 
 import dataclasses
 import math
-import os
 import signal
 import time
 
@@ -76,12 +75,20 @@ class Prepared:
     val_blocks: data_lib.Blocks
     plan: optimization.TrainingPlan
     resolved: dict  # the config with derived values filled in
+    train_source: object  # train_blocks, or data.Shards of prepared data (train_blocks is then None)
+    fingerprint: dict     # rows, tokens and a hash of the token ids (checkpoints.data_fingerprint)
+    data_stats: dict      # {"train": Blocks.stats(), "validation": ...}
 
 
 def prepare(config, log=reporting.say) -> Prepared:
-    """Settings, data, tokenizer and plan, checked; nothing is written to output_dir."""
+    """Settings, data, tokenizer and plan, checked; nothing is written to output_dir.
+
+    From raw files (tokenized here, in memory) or from prepared shards
+    (`python -m trainer.prepare`: read from the manifest, not tokenized again)."""
     # ------------------------------------------------------------------ settings
     config = settings.resolve(config)
+    if config.data.prepared_dir:
+        return _prepare_from_shards(config, log)
 
     # ------------------------------------------------------------------ data
     documents = data_lib.load_documents(config.data, config.seed)
@@ -89,9 +96,22 @@ def prepare(config, log=reporting.say) -> Prepared:
         f"({'held out from the training files' if documents.validation_source == 'split' else 'from files'}).")
 
     # ------------------------------------------------------------------ model files and tokenizer
+    tokenizer, model_config = _tokenizer_and_model_config(config, documents.train, log)
+
+    # ------------------------------------------------------------------ tokens and plan
+    train_blocks = data_lib.make_blocks(documents.train, tokenizer, config.data, "Tokenizing training")
+    val_blocks = data_lib.make_blocks(documents.validation, tokenizer, config.data, "Tokenizing validation",
+                                      keep_tail=True)
+    fingerprint = ckpt_lib.data_fingerprint(train_blocks, val_blocks)
+    stats = {"train": train_blocks.stats(), "validation": val_blocks.stats()}
+    return _plan(config, documents, tokenizer, model_config, train_blocks, val_blocks, train_blocks,
+                 fingerprint, stats, log)
+
+
+def _tokenizer_and_model_config(config, train_documents, log):
     name_or_path = config.model.name_or_path
-    if config.model.bootstrap_tiny and not os.path.isdir(name_or_path):
-        model_lib.build_tiny(name_or_path, documents.train, config.model.tiny, config.seed, log)
+    if config.model.bootstrap_tiny and not filesystem.isdir(name_or_path):
+        model_lib.build_tiny(name_or_path, train_documents, config.model.tiny, config.seed, log)
     tokenizer = model_lib.load_tokenizer(config.model.tokenizer or name_or_path)
     model_config = model_lib.load_config(name_or_path)
     if config.data.block_size > model_config.n_positions:
@@ -99,20 +119,46 @@ def prepare(config, log=reporting.say) -> Prepared:
             f"--config.data.block_size={config.data.block_size} is longer than the model's "
             f"{model_config.n_positions} positions ({name_or_path}). Use "
             f"--config.data.block_size={model_config.n_positions} or less.")
+    return tokenizer, model_config
 
-    # ------------------------------------------------------------------ tokens and plan
-    train_blocks = data_lib.make_blocks(documents.train, tokenizer, config.data, "Tokenizing training")
-    val_blocks = data_lib.make_blocks(documents.validation, tokenizer, config.data, "Tokenizing validation",
-                                      keep_tail=True)
+
+def _prepare_from_shards(config, log) -> Prepared:
+    """Prepared data: the manifest gives sizes and fingerprint, validation rows are read
+    whole (they are capped by validation_max_examples), training rows stay in files."""
+    from trainer import prepare as prepare_lib
+
+    manifest = prepare_lib.read_manifest(config.data.prepared_dir)
+    # bootstrap_tiny: the tokenizer was trained at prepare time on the training split,
+    # so the model folder exists already on the machine that prepared the data.
+    tokenizer, model_config = _tokenizer_and_model_config(config, [], log)
+    prepare_lib.check_manifest(manifest, config, tokenizer)
+    val_blocks = prepare_lib.read_blocks(config.data.prepared_dir, manifest, "validation")
+    train = manifest["splits"]["train"]
+    shards = data_lib.Shards(prepare_lib.shard_paths(config.data.prepared_dir, manifest, "train"),
+                             int(train["rows"]), config.data.block_size)
+    # The generations' prompts and the copy check read text: decoded from the validation
+    # rows and from the first training rows (a sample, as the copy check samples anyway).
+    train_sample = prepare_lib.read_blocks(config.data.prepared_dir, manifest, "train",
+                                           max_rows=diagnosis.MEMORISATION_MAX_DOCS)
+    documents = data_lib.Documents(data_lib.decode_documents(train_sample, tokenizer),
+                                   data_lib.decode_documents(val_blocks, tokenizer), "prepared")
+    stats = {"train": train["stats"], "validation": manifest["splits"]["validation"]["stats"]}
+    log(f"Prepared data {config.data.prepared_dir}: {shards.rows:,} training rows in {len(shards.paths)} "
+        f"shard(s), {val_blocks.rows:,} validation rows; not tokenized again.")
+    return _plan(config, documents, tokenizer, model_config, None, val_blocks, shards,
+                 manifest["data_fingerprint"], stats, log)
+
+
+def _plan(config, documents, tokenizer, model_config, train_blocks, val_blocks, train_source, fingerprint,
+          stats, log) -> Prepared:
     if val_blocks.supervised_tokens == 0:
         raise UserError("The validation documents hold no token to score. Add validation data or raise "
                         "--config.data.validation_fraction.")
-    for split, blocks in (("training", train_blocks), ("validation", val_blocks)):
-        s = blocks.stats()
+    for split, s in (("training", stats["train"]), ("validation", stats["validation"])):
         log(f"{split.capitalize()}: {s['tokens']:,} tokens -> {s['rows']:,} rows of {config.data.block_size} "
             f"({config.data.batching}); dropped {s['dropped_tokens']:,} tail tokens, truncated "
             f"{s['truncated_documents']:,} documents ({s['truncated_tokens']:,} tokens).")
-    plan = optimization.plan_training(config, train_blocks.rows, model_config.n_embd)
+    plan = optimization.plan_training(config, train_source.rows, model_config.n_embd)
     for field, why in plan.derived.items():
         log(f"Derived {field} = {why}.")
     # e.g. 16 rows x 128 tokens = 2,048 tokens/step; 300 rows // 16 = 18 steps/epoch.
@@ -126,16 +172,18 @@ def prepare(config, log=reporting.say) -> Prepared:
     resolved["train"]["epochs"] = plan.epochs
     resolved["train"]["eval_every_steps"] = plan.eval_every_steps
     resolved["train"]["checkpoint_every_steps"] = plan.checkpoint_every_steps
-
-    return Prepared(config, documents, tokenizer, model_config, train_blocks, val_blocks, plan, resolved)
+    return Prepared(config, documents, tokenizer, model_config, train_blocks, val_blocks, plan, resolved,
+                    train_source, fingerprint, stats)
 
 
 def train_and_evaluate(config, log=reporting.say) -> dict:
     # ------------------------------------------------------------------ settings and output directory
     # Read only: a finished run is reported, not redone; a different run or a
-    # folder that is not a run is refused before any data is read.
+    # folder that is not a run is refused before any data is read. A gs:// bucket
+    # is checked first: TensorFlow retries forever on a missing one.
     config = settings.resolve(config)
     output_dir = config.output_dir
+    filesystem.check_output_location(output_dir)
     run_dir = ckpt_lib.OutputDir(output_dir)
     if run_dir.stored:
         run_dir.check_config(config)
@@ -144,90 +192,110 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
                 "Use a new --config.output_dir to train again.")
             return filesystem.read_json(run_dir.report_path)
 
+    # ------------------------------------------------------------------ devices and strategy
+    # Before any other TensorFlow op: logical CPUs, multi-worker collectives and the
+    # TPU system are set up at program start.
+    import tensorflow as tf
+
+    cluster = distribution.cluster()
+    strategy = distribution.get_strategy(config.runtime, log)
+    distribution.set_precision(config.runtime)
+    chief = cluster.is_chief  # the only process that writes to output_dir
+
     # ------------------------------------------------------------------ settings, data, tokens, plan
-    distribution.configure_devices(config.runtime)  # before any op (building a tiny model runs some)
+    if not chief and config.model.bootstrap_tiny:
+        distribution.barrier(strategy)  # the chief builds the tiny model first (a shared disk sees it)
     prep = prepare(config, log)
+    if chief and config.model.bootstrap_tiny:
+        distribution.barrier(strategy)
     documents, tokenizer, plan, resolved = prep.documents, prep.tokenizer, prep.plan, prep.resolved
-    train_blocks, val_blocks = prep.train_blocks, prep.val_blocks
+    val_blocks, fingerprint, data_stats = prep.val_blocks, prep.fingerprint, prep.data_stats
     name_or_path = config.model.name_or_path
-    fingerprint = ckpt_lib.data_fingerprint(train_blocks, val_blocks)
     if run_dir.stored:
         run_dir.check_data(fingerprint)
         plan = run_dir.stored_plan(plan, config)  # the first launch's schedule, step for step
 
     # ------------------------------------------------------------------ pre-flight doctor
     findings, audit_stats = [], {}
-    if config.preflight != "off":
-        findings, audit_stats = doctor.run_checks(config, prep, doctor.estimate_parameters(prep.model_config))
+    if config.preflight != "off" and chief:
+        findings, audit_stats = doctor.run_checks(config, prep, doctor.estimate_parameters(prep.model_config),
+                                                  strategy.num_replicas_in_sync)
         log(doctor.terminal_summary(findings))
-        errors = [f for f in findings if f.severity == "error"]
-        if errors and config.preflight == "strict":
-            raise UserError(f"The doctor found {len(errors)} error(s) (listed above); nothing was trained. Fix "
-                            "them, or pass --config.preflight=warn to train anyway.")
+    errors = [f for f in findings if f.severity == "error"]
+    if distribution.agree(strategy, bool(errors) and config.preflight == "strict"):
+        raise UserError(f"The doctor found {len(errors)} error(s) (listed above); nothing was trained. Fix "
+                        "them, or pass --config.preflight=warn to train anyway.")
 
     # ------------------------------------------------------------------ output directory
-    # From here on we write. config.json of the first launch is the run's identity.
-    os.makedirs(output_dir, exist_ok=True)
-    filesystem.remove_stale(output_dir)
-    data_stats = {"train": train_blocks.stats(), "validation": val_blocks.stats()}
-    if not run_dir.stored:
-        run_dir.write_config(config.to_dict(), resolved, plan, fingerprint, data_stats)
-    if findings:
-        doctor.write_outputs(findings, audit_stats, output_dir)
+    # From here on the chief writes; config.json of the first launch is the run's identity.
+    # The other workers write only their checkpoints, to a local folder removed at the end.
+    layout = ckpt_lib.Layout.of(output_dir)
+    if chief:
+        filesystem.makedirs(output_dir)
+        filesystem.remove_stale(output_dir)
+        if not run_dir.stored:
+            run_dir.write_config(config.to_dict(), resolved, plan, fingerprint, data_stats, layout)
+        if findings:
+            doctor.write_outputs(findings, audit_stats, output_dir)
+    worker_dir = distribution.worker_dir(output_dir, cluster)
 
-    # ------------------------------------------------------------------ strategy, model, optimizer
-    import tensorflow as tf
-
-    strategy = distribution.get_strategy(config.runtime, log)
+    # ------------------------------------------------------------------ model, optimizer, steps, input
     distribution.check_batch(strategy, config.train.batch_size, config.train.grad_accum_steps)
     log(distribution.describe_batch(strategy, config.train.batch_size, config.data.block_size))
     with strategy.scope():
         tf.keras.utils.set_random_seed(config.seed)
         model, loaded_from = model_lib.load_model(name_or_path, log)
         model_lib.match_vocabulary(model, tokenizer, log)
-        optimizer = optimization.make_optimizer(plan, config.optim)
+        optimizer = optimization.make_optimizer(plan, config.optim,
+                                                loss_scaling=distribution.uses_loss_scaling(config.runtime))
         # Slots exist before a restore, so it fills them at once (no deferred restore,
         # no "value in checkpoint could not be found" warnings when nothing trains).
         optimizer.build(model.trainable_variables)
     state = ckpt_lib.RunState()
-    train_step = steps_lib.make_train_step(model, optimizer, strategy,
-                                           config.train.grad_accum_steps, config.optim.max_grad_norm)
+    train_loop = steps_lib.make_train_loop(model, optimizer, strategy, config.train.grad_accum_steps,
+                                           config.optim.max_grad_norm, config.runtime.xla)
     eval_step = steps_lib.make_eval_step(model, strategy)
     eval_batch = config.eval.batch_size or config.train.batch_size
-    val_data = strategy.experimental_distribute_dataset(
-        data_lib.eval_dataset(val_blocks, eval_batch, tokenizer.pad_token_id))
+    val_data = data_lib.distributed_eval_data(strategy, val_blocks, eval_batch, tokenizer.pad_token_id)
 
     # ------------------------------------------------------------------ checkpoints and resume
-    checkpoints = ckpt_lib.Checkpoints(output_dir, model, optimizer, state, config.train.keep_checkpoints)
+    checkpoints = ckpt_lib.Checkpoints(layout.checkpoints, model, optimizer, state, config.train.keep_checkpoints,
+                                       write_directory=None if chief else filesystem.join(worker_dir, "checkpoints"))
     step = checkpoints.restore_latest()
     if step:
-        log(f"Resuming from {checkpoints.manager.latest_checkpoint} at step {step} of {plan.total_steps}.")
+        log(f"Resuming from {checkpoints.latest} at step {step} of {plan.total_steps}.")
     elif run_dir.stored:
         log(f"{output_dir} has this run's config but no checkpoint yet: starting from step 0.")
-    run_log = reporting.RunLog(output_dir, step, state["last_eval_step"])
+    run_log = reporting.RunLog(output_dir, step, state["last_eval_step"], write=chief)
     if step == 0:
         run_log.text("train", "config", 0, reporting.config_markdown(resolved))
         if findings:
             run_log.text("train", "doctor", 0, doctor.markdown(findings))
     prompts = list(config.eval.prompts) or evaluation.default_prompts(documents.validation,
                                                                       config.eval.num_prompts)
-    training_ngrams = diagnosis.TrainingNgrams(documents.train)
+    training_ngrams = diagnosis.TrainingNgrams(documents.train) if chief else None
     patience = config.train.early_stopping_patience
-    hypertune = vertex.HypertuneReporter()  # a no-op outside a Vertex tuning trial
+    hypertune = vertex.HypertuneReporter(enabled=chief)  # a no-op outside a Vertex tuning trial
 
     def eval_due(at_step: int) -> bool:
         return at_step == 0 or at_step % plan.eval_every_steps == 0 or at_step == plan.total_steps
 
+    def next_stop(at_step: int) -> int:
+        """The next step at which the host must act: log, evaluate, save or end."""
+        every = [config.train.log_every_steps, plan.eval_every_steps, plan.checkpoint_every_steps]
+        return min([plan.total_steps] + [(at_step // n + 1) * n for n in every])
+
     def evaluate_at(at_step: int, stop) -> bool:
-        """Validation, samples, monitors and the best weights; True when early stopping says stop."""
+        """Validation, samples, monitors and the best weights; True when early stopping says stop.
+        Every worker evaluates (the sums are all-reduced); only the chief generates and logs."""
         metrics = evaluation.evaluate(eval_step, val_data, should_stop=lambda: stop.signal)
-        if metrics is None or stop.signal:
+        if metrics is None:
             raise _Abandoned()
         samples = evaluation.sample_generations(model, tokenizer, prompts, config.eval.max_new_tokens,
-                                                config.seed)
-        if stop.signal:
+                                                config.seed) if chief else []
+        if distribution.agree(strategy, bool(stop.signal)):
             raise _Abandoned()
-        health = diagnosis.generation_health(samples, training_ngrams)
+        health = diagnosis.generation_health(samples, training_ngrams) if chief else {}
         run_log.scalars("validation", at_step, {"loss": metrics["loss"], "perplexity": metrics["perplexity"],
                                                 "accuracy": metrics["accuracy"],
                                                 **{f"generation/{k}": v for k, v in health.items()}})
@@ -256,13 +324,13 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
             return True
         return False
 
-    def add_to_window(out: dict, seconds: float) -> None:
+    def add_to_window(out: dict, steps: int, seconds: float) -> None:
         # Training scalars are means over the steps since the last log point; the
         # sums live in the run state so a resumed run logs the same figures.
         window = state["window"]
         for k in ("loss_sum", "count", "correct", "tokens", "grad_norm"):
             window[k] = window.get(k, 0.0) + out[k]
-        window["steps"] = window.get("steps", 0) + 1
+        window["steps"] = window.get("steps", 0) + steps
         window["seconds"] = window.get("seconds", 0.0) + seconds
         state["train_tokens"] += out["tokens"]
         state["train_seconds"] += seconds
@@ -280,10 +348,11 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
         state["window"] = {}
 
     # ------------------------------------------------------------------ training loop
-    # Per step: train -> stop if non-finite (before any save) -> log -> on a stop
+    # Per call: up to steps_per_execution steps, ending on the next step where the
+    # host acts -> stop if non-finite (before any save) -> log -> on an agreed stop
     # request save and exit -> evaluate when due (best weights first) -> save the
     # state (which names the best) when due.
-    bar = reporting.progress_bar(plan.total_steps, step)
+    bar = reporting.progress_bar(plan.total_steps, step, enabled=chief)
     with _StopRequest() as stop:
         try:
             stopping = False
@@ -291,18 +360,20 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
                 # Step 0 (the base model), or a stop request that saved before this evaluation.
                 stopping = evaluate_at(step, stop)
             done = stopping or step >= plan.total_steps or state["stopped_early"]
-            train_data = None if done else strategy.experimental_distribute_dataset(data_lib.train_dataset(
-                train_blocks, config.train.batch_size, plan.steps_per_epoch, plan.total_steps, step,
-                config.seed))
-            for batch in train_data or []:
+            iterator = None if done else iter(data_lib.distributed_train_data(
+                strategy, prep.train_source, config.train.batch_size, plan.steps_per_epoch, plan.total_steps,
+                step, config.seed))
+            while not done:
                 faults.point("train_step", step + 1)
+                steps = min(config.runtime.steps_per_execution, next_stop(step) - step)
                 started = time.perf_counter()
-                out = {k: float(v) for k, v in train_step(batch).items()}
+                out, votes = train_loop(iterator, tf.constant(steps), tf.constant(1.0 if stop.signal else 0.0))
+                out = {k: float(v) for k, v in out.items()}
                 seconds = time.perf_counter() - started
-                step += 1
+                step += steps
                 if not (math.isfinite(out["loss_sum"]) and math.isfinite(out["grad_norm"])):
                     bar.close()
-                    latest = checkpoints.manager.latest_checkpoint
+                    latest = checkpoints.latest
                     raise UserError(
                         f"At step {step} the training loss was {out['loss_sum']:.4g} and the gradient norm "
                         f"{out['grad_norm']:.4g}: not finite. Training stopped at once and nothing was saved "
@@ -310,32 +381,41 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
                                          "no checkpoint had been saved yet.") +
                         f" Lower --config.optim.learning_rate (was {plan.learning_rate:.3g}) or "
                         f"--config.optim.max_grad_norm, and re-run with a new --config.output_dir.")
-                add_to_window(out, seconds)
-                bar.update(1)
+                add_to_window(out, steps, seconds)
+                bar.update(steps)
                 if step % config.train.log_every_steps == 0 or step == plan.total_steps:
                     log_window(step, bar)
-                if stop.signal:
+                if float(votes) > 0:  # any worker's stop request, agreed by all
+                    stop.signal = stop.signal or signal.SIGTERM
                     raise _Abandoned()
                 stopping = eval_due(step) and evaluate_at(step, stop)
                 if step % plan.checkpoint_every_steps == 0 or stopping or step == plan.total_steps:
                     checkpoints.save(step)
-                if stopping:
-                    break
+                done = stopping or step >= plan.total_steps
         except _Abandoned:
             bar.close()
             if step:
                 checkpoints.save(step)  # the evaluation due here runs first thing on resume
             run_log.close()
+            distribution.remove_worker_dir(worker_dir, cluster)
             raise Interrupted(stop.signal, step) from None
+        except distribution.peer_errors() as e:
+            if cluster.workers == 1:
+                raise
+            bar.close()
+            distribution.remove_worker_dir(worker_dir, cluster)
+            raise distribution.PeerLost(cluster, e) from None
     bar.close()
+    run_log.close()
+    distribution.remove_worker_dir(worker_dir, cluster)
+    if not chief:
+        log(f"{cluster.name}: trained {step} steps; the chief ({output_dir}) exports and reports.")
+        return {"steps": step, "worker": cluster.name, "best_val_loss": state["best_val_loss"]}
 
     # ------------------------------------------------------------------ best weights, export, report
     best_step = checkpoints.restore_best()
-    export_dir = os.path.join(output_dir, "export")
-    export_pytorch_dir = os.path.join(output_dir, "export_pytorch")
-    model_lib.export_tf(model, tokenizer, export_dir)
-    model_lib.export_pytorch(model, tokenizer, export_pytorch_dir)
-    run_log.close()
+    model_lib.export_tf(model, tokenizer, layout.export)
+    model_lib.export_pytorch(model, tokenizer, layout.export_pytorch)
     validation_points = run_log.points("validation")
     last_val_loss = validation_points[-1]["loss"] if validation_points else float("nan")
     initial, best = state["initial_val_loss"], state["best_val_loss"]
@@ -358,9 +438,11 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
         "model": {"name_or_path": name_or_path, "loaded_from": str(loaded_from),
                   "parameters": model_lib.count_parameters(model)},
         "data": data_stats,
-        "export_dir": export_dir,
-        "export_pytorch_dir": export_pytorch_dir,
-        "logs_dir": os.path.join(output_dir, "logs"),
+        "distribution": {"strategy": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync,
+                         "workers": cluster.workers, "precision": config.runtime.precision},
+        "export_dir": layout.export,
+        "export_pytorch_dir": layout.export_pytorch,
+        "logs_dir": layout.logs,
         "report_path": run_dir.report_path,
         "history": {"train": run_log.points("train"), "validation": validation_points},
     }
