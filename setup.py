@@ -30,7 +30,7 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", "gcp-storage-emulator>=2026.7"],  # emulator: tests/gcs_server.py
         # Reading pytorch_model.bin checkpoints (torch pickles). The CPU build; on the
         # project's machines pip finds it offline in its find-links folder.
         "torch": ["torch==2.13.0"],

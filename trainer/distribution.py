@@ -183,10 +183,17 @@ def get_strategy(runtime_config, log=print, environ=None):
     else:
         cpus = tf.config.list_logical_devices("CPU")
         strategy = tf.distribute.MirroredStrategy([d.name for d in cpus])  # logical CPUs
-    log(f"Strategy: {name} ({type(strategy).__name__}), {strategy.num_replicas_in_sync} replica(s)"
+    log(f"Strategy: {name} ({class_name(strategy)}), {strategy.num_replicas_in_sync} replica(s)"
         + (f" on {info.workers} workers; this is {info.name}{' (chief)' if info.is_chief else ''}"
            if info.workers > 1 else "") + ".")
     return strategy
+
+
+def class_name(strategy) -> str:
+    """The public name (MultiWorkerMirroredStrategy is CollectiveAllReduceStrategy inside)."""
+    name = type(strategy).__name__
+    return {"CollectiveAllReduceStrategy": "MultiWorkerMirroredStrategy",
+            "_DefaultDistributionStrategy": "default"}.get(name, name)
 
 
 def _tpu_strategy(runtime_config):

@@ -20,6 +20,7 @@ Sections: format -> reading -> writing -> preparing -> entry point.
 """
 
 import math
+import os
 import re
 import shlex
 import sys
@@ -158,16 +159,24 @@ def parse_example(serialized, block_size: int) -> dict:
             for name in FEATURES}
 
 
-def read_blocks(prepared_dir: str, manifest: dict, split: str) -> data_lib.Blocks:
+def read_blocks(prepared_dir: str, manifest: dict, split: str, max_rows: int | None = None) -> data_lib.Blocks:
     """Every row of a split, in order, as the Blocks the trainer would have made in memory.
 
-    document_lengths stays None: the manifest keeps only their summary."""
+    max_rows: only the first rows (a sample); the counters (documents, tokens, ...)
+    are still the whole split's. document_lengths stays None: the manifest keeps
+    only their summary."""
     import tensorflow as tf
 
     block_size = manifest["block_size"]
+    entry = manifest["splits"][split]
     paths = shard_paths(prepared_dir, manifest, split)
+    if max_rows is not None:  # only the shards that hold the first max_rows rows
+        needed = np.searchsorted(np.cumsum([s["rows"] for s in entry["shards"]]), max_rows) + 1
+        paths = paths[:needed]
     dataset = tf.data.TFRecordDataset(paths).map(lambda s: parse_example(s, block_size),
                                                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if max_rows is not None:
+        dataset = dataset.take(max_rows)
     parts = {name: [np.zeros([0, block_size], np.int32)] for name in FEATURES}
     try:
         for batch in dataset.batch(8192).as_numpy_iterator():
@@ -177,10 +186,10 @@ def read_blocks(prepared_dir: str, manifest: dict, split: str) -> data_lib.Block
         raise UserError(f"The {split} shards of {prepared_dir} cannot be read ({e.message.splitlines()[0]}). "
                         f"{_fix(prepared_dir)} --overwrite.") from None
     arrays = {name: np.concatenate(parts[name]) for name in FEATURES}
-    entry = manifest["splits"][split]
-    if len(arrays["input_ids"]) != entry["rows"]:
-        raise UserError(f"The {split} shards of {prepared_dir} hold {len(arrays['input_ids']):,} rows; its "
-                        f"manifest says {entry['rows']:,}. {_fix(prepared_dir)} --overwrite.")
+    expected = entry["rows"] if max_rows is None else min(entry["rows"], max_rows)
+    if len(arrays["input_ids"]) != expected:
+        raise UserError(f"The {split} shards of {prepared_dir} gave {len(arrays['input_ids']):,} rows where its "
+                        f"manifest promises {expected:,}. {_fix(prepared_dir)} --overwrite.")
     stats = entry["stats"]
     return data_lib.Blocks(arrays["input_ids"], arrays["attention_mask"], arrays["labels"],
                            documents=stats["documents"], tokens=stats["tokens"],
@@ -296,6 +305,14 @@ def _inspect(folder: str, overwrite: bool):
     return manifest, sorted(ours, key=lambda n: n != MANIFEST)
 
 
+def _inside(path: str, folder: str) -> bool:
+    """path is folder or lies under it (string arithmetic; local paths made absolute)."""
+    if not filesystem.is_remote(path):
+        path, folder = os.path.abspath(path), os.path.abspath(folder)
+    path, folder = path.rstrip("/"), folder.rstrip("/")
+    return path == folder or path.startswith(folder + "/")
+
+
 def _existing_tokenizer(config):
     """The run's tokenizer when it exists already; None when bootstrap_tiny has yet to build it."""
     from trainer import model as model_lib
@@ -340,7 +357,11 @@ def prepare_data(config, num_shards: int | None = None, log=reporting.say, overw
     folder = config.data.prepared_dir
     if not folder:
         raise UserError("--config.data.prepared_dir is empty: name the folder to write the shards to, e.g. "
-                        "--config.data.prepared_dir=runs/prepared (local or gs://).")
+                        "--config.data.prepared_dir=runs/prepared-NAME (local or gs://).")
+    if _inside(folder, config.output_dir):
+        raise UserError(f"--config.data.prepared_dir={folder} is inside --config.output_dir={config.output_dir}: "
+                        "prepared data serve many runs and a run folder holds one run. Use a folder of its "
+                        "own, e.g. --config.data.prepared_dir=runs/prepared-NAME.")
     if num_shards is not None and num_shards < 1:
         raise UserError(f"--shards={num_shards}: give at least 1, or leave it out to derive it.")
     manifest, ours = _inspect(folder, overwrite)
@@ -400,7 +421,10 @@ def prepare_data(config, num_shards: int | None = None, log=reporting.say, overw
 
 
 def _size(path: str) -> int:
-    """Bytes of an input file (filesystem.py has no size function; gfile serves local and gs://)."""
+    """Bytes of an input file (filesystem.py has no size function yet). Local files
+    without TensorFlow: "already prepared" then answers without importing it."""
+    if not filesystem.is_remote(path):
+        return os.path.getsize(path)
     import tensorflow as tf
 
     return int(tf.io.gfile.stat(path).length)

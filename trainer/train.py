@@ -438,7 +438,7 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
         "model": {"name_or_path": name_or_path, "loaded_from": str(loaded_from),
                   "parameters": model_lib.count_parameters(model)},
         "data": data_stats,
-        "distribution": {"strategy": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync,
+        "distribution": {"strategy": distribution.class_name(strategy), "replicas": strategy.num_replicas_in_sync,
                          "workers": cluster.workers, "precision": config.runtime.precision},
         "export_dir": layout.export,
         "export_pytorch_dir": layout.export_pytorch,
