@@ -12,6 +12,7 @@ import pytest
 
 import trainer  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from configs import default
+from tests.gcs_server import gcs_server  # noqa: F401  (one local Cloud Storage server per session)
 
 WORDS = ("river stone lamp garden winter morning bread window letter engine cloud harbor "
          "market violin ladder pepper candle meadow orbit copper feather basket tunnel").split()

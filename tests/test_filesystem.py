@@ -28,8 +28,9 @@ def test_publish_dir_swaps_in_one_step_and_removes_leftovers(tmp_path):
     (tmp_path / "export.tmp-killed").mkdir()  # what a killed publish leaves
     inode = os.stat(folder).st_ino
     filesystem.publish_dir(str(folder), lambda tmp: open(os.path.join(tmp, "v2"), "w").close())
-    assert os.listdir(folder) == ["v2"] and os.stat(folder).st_ino != inode
+    assert sorted(os.listdir(folder)) == [filesystem.COMPLETE_MARKER, "v2"] and os.stat(folder).st_ino != inode
     assert os.listdir(tmp_path) == ["export"]
+    assert filesystem.read_json(str(folder / filesystem.COMPLETE_MARKER)) == {"files": {"v2": 0}}
 
 
 def test_publish_dir_without_exchange_puts_the_old_folder_back(tmp_path, monkeypatch):
@@ -47,10 +48,10 @@ def test_publish_dir_without_exchange_puts_the_old_folder_back(tmp_path, monkeyp
     monkeypatch.setattr(os, "rename", rename)
     with pytest.raises(OSError):
         filesystem.publish_dir(str(folder), lambda tmp: open(os.path.join(tmp, "v2"), "w").close())
-    assert os.listdir(folder) == ["v1"]
+    assert sorted(os.listdir(folder)) == [filesystem.COMPLETE_MARKER, "v1"]
     monkeypatch.setattr(os, "rename", real_rename)
     filesystem.publish_dir(str(folder), lambda tmp: open(os.path.join(tmp, "v3"), "w").close())
-    assert os.listdir(folder) == ["v3"] and os.listdir(tmp_path) == ["export"]
+    assert sorted(os.listdir(folder)) == [filesystem.COMPLETE_MARKER, "v3"] and os.listdir(tmp_path) == ["export"]
 
 
 def test_publish_dir_recovers_a_folder_killed_between_two_renames(tmp_path):
@@ -78,6 +79,7 @@ def test_write_file_leaves_no_half_file(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         filesystem.write_file(str(path), crash)
     assert filesystem.read_json(str(path)) == {"a": 1} and os.listdir(tmp_path) == ["report.json"]
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~filesystem._UMASK  # not mkstemp's 0600
 
 
 def test_tilde_is_expanded_and_no_folder_named_tilde_appears(tmp_path, corpus_file, tiny_model_dir):

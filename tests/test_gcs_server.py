@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.gcs_server import BUCKET, gcs_server  # noqa: F401
+from tests.gcs_server import BUCKET
 
 
 @pytest.fixture
-def gs_dir(gcs_server, request):  # noqa: F811
+def gs_dir(gcs_server, request):
     """A folder of the test bucket of its own for each test."""
     return f"gs://{BUCKET}/{request.node.name}"
 
@@ -66,7 +66,7 @@ def test_gfile_file_operations(gs_dir):
     assert sorted(gfile.listdir(gs_dir)) == ["empty", "renamed.txt"]
 
 
-def test_listing_a_missing_bucket_fails_at_once(gcs_server):  # noqa: F811
+def test_listing_a_missing_bucket_fails_at_once(gcs_server):
     """What trainer.filesystem.check_output_location relies on (makedirs would retry forever)."""
     start = time.monotonic()
     with pytest.raises(tf.errors.NotFoundError):
@@ -174,7 +174,7 @@ def test_google_cloud_storage_folder_round_trip(gs_dir, tmp_path):
     assert bucket.blob(f"{prefix}/from-tf.txt").download_as_bytes() == b"written by TensorFlow"
 
 
-def test_a_subprocess_reaches_the_same_server(gcs_server, gs_dir):  # noqa: F811
+def test_a_subprocess_reaches_the_same_server(gcs_server, gs_dir):
     code = textwrap.dedent(f"""
         import os
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import cli_args, make_documents, quiet, run_cli, small_config
-from tests.gcs_server import BUCKET, gcs_server  # noqa: F401  (fixture: a local Cloud Storage)
+from tests.gcs_server import BUCKET
 from trainer import checkpoints, filesystem, prepare, train
 from trainer.errors import UserError
 from trainer.prepare import FEATURES

@@ -35,6 +35,8 @@ TMP_MARK, OLD_MARK = ".tmp-", ".old-"
 # Written last into every published folder (export/, export_pytorch/, lr_find/):
 # on gs://, where a folder cannot be swapped in, its presence means complete.
 COMPLETE_MARKER = "COMPLETE.json"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def is_remote(path: str) -> bool:
@@ -119,6 +121,7 @@ def write_file(path: str, write) -> None:
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + TMP_MARK)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a run's files are as readable as any other
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -315,13 +318,16 @@ def download_dir(url: str, local: str) -> str:
                         "was interrupted, or not one tunewell wrote). Re-run the training job to finish it.")
     bucket_name, prefix = _split_gs(url)
     client = _storage_client()
-    for blob in client.list_blobs(bucket_name, prefix=f"{prefix}/"):
-        relative = blob.name[len(prefix) + 1:]
+    bucket = client.bucket(bucket_name)
+    for listed in client.list_blobs(bucket_name, prefix=f"{prefix}/"):
+        relative = listed.name[len(prefix) + 1:]
         if not relative or relative.endswith("/"):
             continue
         target = os.path.join(local, relative)
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        blob.download_to_filename(target)
+        # A fresh handle: its download URL comes from the client's endpoint, not the
+        # listing's mediaLink (which names the public host even behind a private endpoint).
+        bucket.blob(listed.name).download_to_filename(target)
     return local
 
 

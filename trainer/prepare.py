@@ -41,7 +41,7 @@ from trainer.errors import UserError
 FORMAT = 1  # manifest["tunewell_prepared"]; a folder of another format is refused
 MANIFEST = "manifest.json"
 SPLITS = ("train", "validation")
-FEATURES = ("input_ids", "attention_mask", "labels")
+FEATURES = data_lib.FIELDS  # one int32 row per feature, as raw bytes
 # Our own shard names: a folder holding only these (and no manifest) is a killed
 # run's leftovers, overwritten; any other file means the folder is someone else's.
 SHARD_NAME = re.compile(r"^(train|validation)-\d{5,}-of-\d{5,}\.tfrecord$")

@@ -152,7 +152,7 @@ def make_eval_step(model, strategy):
 
     def replica_step(batch, stop_requested):
         loss_sum, count, correct = token_sums(_logits(model, batch, False), batch["labels"])
-        return {"loss_sum": loss_sum, "count": count, "correct": correct, "stop": stop_requested}
+        return {"loss_sum": loss_sum, "count": count, "correct": correct, "stop": tf.identity(stop_requested)}
 
     @tf.function
     def eval_step(distributed_batch, stop_requested=0.0):
