@@ -62,6 +62,20 @@ def test_a_run_with_prepared_data_and_outputs_on_gcs(gcs_server, tmp_path, corpu
     assert not os.path.exists(os.path.join(ROOT, "gs:"))  # nothing went around the filesystem layer
 
 
+def test_data_files_on_gcs_read_as_local_ones(gcs_server, tmp_path, corpus_file):
+    import pandas as pd
+
+    from trainer import data
+
+    base = f"gs://{BUCKET}/data-{uuid.uuid4().hex[:8]}"
+    local = data.read_documents(corpus_file, "--config.data.train_files", "text", "")
+    filesystem.write_text(f"{base}/a.jsonl", open(corpus_file).read())
+    pd.DataFrame({"text": local[:10]}).to_parquet(tmp_path / "b.parquet")
+    filesystem.write_file(f"{base}/b.parquet", lambda tmp: os.replace(tmp_path / "b.parquet", tmp))
+    remote = data.read_documents(f"{base}/*.jsonl,{base}/b.parquet", "--config.data.train_files", "text", "")
+    assert remote == local + local[:10]
+
+
 def test_a_missing_bucket_is_named_before_any_work(gcs_server, corpus_file, tiny_model_dir):
     config = small_config("gs://no-such-bucket-tunewell/run", corpus_file, tiny_model_dir)
     started = time.monotonic()

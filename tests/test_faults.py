@@ -213,14 +213,14 @@ def test_stop_request_on_an_evaluation_step_saves_first(tmp_path, corpus_file, t
     generating; the evaluation runs first thing on resume, so the run ends the same."""
     from trainer import evaluation, steps
 
-    make_train_step = steps.make_train_step
+    make_train_loop = steps.make_train_loop
     generations = []
 
     def with_sigterm_at_step_20(model, optimizer, *args):
-        step = make_train_step(model, optimizer, *args)
+        train_loop = make_train_loop(model, optimizer, *args)
 
-        def run(batch):
-            out = step(batch)
+        def run(iterator, num_steps, stop_requested):
+            out = train_loop(iterator, num_steps, stop_requested)
             if int(optimizer.iterations) == 20:
                 os.kill(os.getpid(), signal.SIGTERM)  # a real preemption notice, mid-run
             return out
@@ -229,7 +229,7 @@ def test_stop_request_on_an_evaluation_step_saves_first(tmp_path, corpus_file, t
     sample = evaluation.sample_generations
     monkeypatch.setattr(evaluation, "sample_generations",
                         lambda *a, **k: generations.append(1) or sample(*a, **k))
-    monkeypatch.setattr(steps, "make_train_step", with_sigterm_at_step_20)
+    monkeypatch.setattr(steps, "make_train_loop", with_sigterm_at_step_20)
     config = fault_config(tmp_path / "out", corpus_file, tiny_model_dir)
     with pytest.raises(train.Interrupted) as info:
         train.train_and_evaluate(config, log=quiet)
@@ -237,7 +237,7 @@ def test_stop_request_on_an_evaluation_step_saves_first(tmp_path, corpus_file, t
     assert len(generations) == 2  # steps 0 and 10; none at 20
     assert [p["step"] for p in history(config, "validation")] == [0, 10]
     assert "ckpt-20.index" in os.listdir(os.path.join(config.output_dir, "checkpoints"))
-    monkeypatch.setattr(steps, "make_train_step", make_train_step)
+    monkeypatch.setattr(steps, "make_train_loop", make_train_loop)
     assert_same_run(train.train_and_evaluate(config, log=quiet), straight)
 
 

@@ -19,6 +19,7 @@ import os
 
 import numpy as np
 
+from trainer import filesystem
 from trainer.errors import UserError
 
 IGNORE_INDEX = -100  # label value that the loss skips (transformers' convention)
@@ -38,17 +39,20 @@ def expand_files(spec: str, flag: str) -> list[str]:
         raise UserError(f"{flag} is empty: give one or more data files, e.g. {flag}=data/train.jsonl")
     files = []
     for pattern in patterns:
-        matches = sorted(glob.glob(os.path.expanduser(pattern)))
+        if filesystem.is_remote(pattern):  # gs://bucket/corpus/*.jsonl: wildcards in the file name
+            folder, _, name = pattern.rpartition("/")
+            matches = [m for m in filesystem.glob_in(folder, name) if not filesystem.isdir(m)]
+        else:
+            matches = [m for m in sorted(glob.glob(os.path.expanduser(pattern))) if os.path.isfile(m)]
         if not matches:
             raise UserError(f"{flag}: no file matches '{pattern}'. Check the path (relative paths "
                             f"start from {os.getcwd()}).")
-        files.extend(m for m in matches if os.path.isfile(m))
+        files.extend(matches)
     return files
 
 
 def _decode_utf8(path: str) -> str:
-    with open(path, "rb") as f:
-        raw = f.read()
+    raw = filesystem.read_bytes(path)
     if not raw.strip():
         raise UserError(f"{path} is empty: it holds no text to train on. Remove it from the file list "
                         "or fill it.")
@@ -99,10 +103,19 @@ def _read_table(path: str, text_field: str) -> list[str]:
 
     if path.endswith(".csv"):
         _decode_utf8(path)  # the same empty-file and UTF-8 checks, with line numbers
-    elif os.path.getsize(path) == 0:
+    elif (len(filesystem.read_bytes(path)) if filesystem.is_remote(path) else os.path.getsize(path)) == 0:
         raise UserError(f"{path} is empty: it holds no text to train on.")
     builder = "csv" if path.endswith(".csv") else "parquet"
-    table = getattr(datasets.Dataset, f"from_{builder}")(path)
+    if filesystem.is_remote(path):  # datasets reads local files: a copy, read once
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="tunewell-data-") as local:
+            copy = os.path.join(local, os.path.basename(path))
+            with open(copy, "wb") as f:
+                f.write(filesystem.read_bytes(path))
+            table = getattr(datasets.Dataset, f"from_{builder}")(copy, keep_in_memory=True)
+    else:
+        table = getattr(datasets.Dataset, f"from_{builder}")(path)
     if text_field not in table.column_names:
         raise UserError(f"{path}: no column '{text_field}' (columns: {table.column_names}). Set "
                         "--config.data.text_field to the column that holds the text.")

@@ -149,7 +149,8 @@ def run_checks(config, prep, n_params: int, replicas: int = 1) -> tuple[list[Fin
     """Data audit + settings + labels, errors first.
 
     Prepared data (prep.train_blocks is None) was audited by trainer.prepare,
-    which read the documents; here only the settings are checked against it."""
+    which read the documents (PREPARED_DIR/doctor.md); here only the settings
+    are checked against it."""
     tokenizer = prep.tokenizer
     if prep.train_blocks is None:
         findings = settings_findings(config, prep.plan, prep.data_stats["train"]["documents"],
@@ -264,6 +265,9 @@ def main(argv):
         n_params = estimate_parameters(prep.model_config)
         findings, stats = run_checks(config, prep, n_params)
         if flags.FLAGS.overfit_batch:
+            if prep.train_blocks is None:
+                raise UserError("--overfit_batch trains on rows in memory: unset --config.data.prepared_dir "
+                                "to run it on the raw files.")
             findings.append(overfit_one_batch(config, prep))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -204,6 +204,9 @@ def find_learning_rate(config, num_steps: int = 200, min_lr: float = 1e-7, max_l
                         "(e.g. --min_lr=1e-7 --max_lr=1).")
     # ------------------------------------------------------------------ data, tokenizer, tokens
     # The run's own preparation (same files, split, checks): validation documents stay unseen.
+    if config.data.prepared_dir:
+        raise UserError("lr_find sweeps on the raw files (a few hundred steps): unset "
+                        "--config.data.prepared_dir and keep --config.data.train_files.")
     prep = train.prepare(config, log)
     config = prep.config  # checked, paths expanded
     checkpoints.OutputDir(config.output_dir)  # refuses a folder that is not a run (a model's, say)

@@ -29,7 +29,7 @@ import time
 import ml_collections
 import numpy as np
 
-from trainer import checkpoints
+from trainer import checkpoints, doctor
 from trainer import data as data_lib
 from trainer import filesystem
 from trainer import reporting
@@ -44,6 +44,8 @@ SPLITS = ("train", "validation")
 FEATURES = data_lib.FIELDS  # one int32 row per feature, as raw bytes
 # Our own shard names: a folder holding only these (and no manifest) is a killed
 # run's leftovers, overwritten; any other file means the folder is someone else's.
+# The data audit of the doctor, run here because only this step reads the documents.
+DOCTOR_FILES = ("doctor.json", "doctor.md")
 SHARD_NAME = re.compile(r"^(train|validation)-\d{5,}-of-\d{5,}\.tfrecord$")
 # Shard size. A row takes 3 features x block_size x 4 bytes plus ~90 bytes of
 # framing: at block_size 512, 6,234 bytes, so a 64 MB shard holds ~10,800 rows.
@@ -288,7 +290,8 @@ def _inspect(folder: str, overwrite: bool):
     if not filesystem.isdir(folder):
         raise UserError(f"--config.data.prepared_dir={folder} is a file, not a folder. Pick a new folder.")
     names = filesystem.listdir(folder)
-    ours = [n for n in names if SHARD_NAME.match(n) or n.startswith(MANIFEST + filesystem.TMP_MARK)]
+    ours = [n for n in names if SHARD_NAME.match(n) or n.startswith(MANIFEST + filesystem.TMP_MARK)
+            or n in DOCTOR_FILES]
     others = sorted(set(names) - set(ours) - {MANIFEST})
     manifest = None
     if MANIFEST in names:
@@ -393,6 +396,14 @@ def prepare_data(config, num_shards: int | None = None, log=reporting.say, overw
                         f"shard needs a row. Use --shards={train_blocks.rows} or fewer.")
     tokenized = time.perf_counter()
 
+    # ------------------------------------------------------------------ the data audit
+    # Training on the shards cannot read the documents again, so the doctor's data checks
+    # run here and their findings are kept beside the shards.
+    findings, audit_stats = [], {}
+    if config.preflight != "off":
+        findings, audit_stats = doctor.run_checks(prep.config, prep, doctor.estimate_parameters(prep.model_config))
+        log(doctor.terminal_summary(findings))
+
     # ------------------------------------------------------------------ shards, then the manifest
     filesystem.makedirs(folder)
     for name in ours:  # the manifest first: the folder reads as incomplete until the new one lands
@@ -404,6 +415,8 @@ def prepare_data(config, num_shards: int | None = None, log=reporting.say, overw
         shards = write_split(blocks, folder, split, count)
         splits[split] = {"rows": blocks.rows, "shards": shards, "stats": blocks.stats(),
                          "bytes": blocks.rows * row_bytes(blocks)}
+    if findings:
+        doctor.write_outputs(findings, audit_stats, folder)
     manifest = {**wanted, "splits": splits, "data_fingerprint": fingerprint,
                 "document_lengths_train": _length_summary(train_blocks.document_lengths)}
     filesystem.write_json(filesystem.join(folder, MANIFEST), manifest)  # last: its presence means complete
