@@ -13,15 +13,17 @@ setup(
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["trainer", "trainer.*", "configs", "configs.*"]),
     install_requires=[
-        "tensorflow==2.21.*",
-        "tf-keras==2.21.*",
+        # 2.21, and 2.20 for TPU images (tensorflow-tpu on PyPI stops at 2.20); tf-keras pins the
+        # matching TensorFlow itself, so pip cannot pair the wrong two.
+        "tensorflow>=2.20,<2.22",
+        "tf-keras>=2.20,<2.22",
         "transformers>=4.57,<5",
         "tokenizers>=0.20",
         "safetensors>=0.4.5",
         "huggingface-hub>=0.26,<1.0",
         "datasets>=3.0",
         "google-cloud-storage>=2.18",
-        "tensorboard==2.21.*",
+        "tensorboard>=2.20,<2.22",
         "absl-py>=2.1",
         "ml_collections>=0.1.1",
         "numpy>=1.26",

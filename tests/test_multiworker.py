@@ -84,6 +84,12 @@ class Pair:
         return open(self.logs[i]).read()
 
 
+def worker_folders(pair) -> list[str]:
+    """The non-chief's local checkpoint folders left in its TMPDIR (TensorFlow's own
+    autograph files may stay there after a SIGKILL)."""
+    return [n for n in os.listdir(pair.worker_tmp) if n.startswith("tunewell-")]
+
+
 def train_points(config) -> list[int]:
     path = os.path.join(config.output_dir, "metrics.jsonl")
     if not os.path.exists(path):
@@ -114,42 +120,34 @@ def assert_same_result(resumed, straight):
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory, corpus_file, tiny_model_dir):
-    """The uninterrupted run, worker-only layout."""
+    """The uninterrupted run, in Vertex AI's layout."""
     folder = tmp_path_factory.mktemp("multiworker")
     config = small_config(folder / "out", corpus_file, tiny_model_dir, **OVERRIDES)
-    pair = Pair(config, str(folder))
+    pair = Pair(config, str(folder), layout="vertex")
     codes = pair.wait()
     assert codes == [0, 0], pair.output(0)[-3000:] + pair.output(1)[-3000:]
     return config, pair
 
 
-def test_worker_only_layout_trains_and_only_the_chief_writes(straight):
+def test_vertex_layout_trains_and_only_the_chief_writes(straight):
     config, pair = straight
     chief, worker = pair.output(0), pair.output(1)
-    assert "Strategy: multi_worker (MultiWorkerMirroredStrategy), 2 replica(s) on 2 workers; this is worker:0 " \
+    assert "Strategy: multi_worker (MultiWorkerMirroredStrategy), 2 replica(s) on 2 workers; this is chief:0 " \
            "(chief)." in chief
-    assert "this is worker:1." in worker
+    assert "this is worker:0." in worker
     assert "2 replica(s) x 4 rows = global batch 8 rows x 32 tokens = 256 tokens/step." in chief
-    assert "worker:1: trained 30 steps; the chief" in worker
+    assert "worker:0: trained 30 steps; the chief" in worker
     report = report_of(config)
     assert report["distribution"] == {"strategy": "MultiWorkerMirroredStrategy", "replicas": 2, "workers": 2,
                                       "precision": "float32"}
     assert report["best_val_loss"] < report["initial_val_loss"]
     assert os.path.exists(os.path.join(config.output_dir, "export", "tf_model.h5"))
-    assert os.listdir(pair.worker_tmp) == []  # the worker's checkpoint copies are gone
-
-
-def test_vertex_layout_trains_the_same_run(tmp_path, corpus_file, tiny_model_dir, straight):
-    config = small_config(tmp_path / "out", corpus_file, tiny_model_dir, **OVERRIDES)
-    pair = Pair(config, str(tmp_path), layout="vertex")
-    codes = pair.wait()
-    assert codes == [0, 0], pair.output(0)[-3000:] + pair.output(1)[-3000:]
-    assert "this is chief:0 (chief)." in pair.output(0) and "this is worker:0." in pair.output(1)
-    assert_same_result(report_of(config), report_of(straight[0]))
+    assert worker_folders(pair) == []  # the worker's checkpoint copies are gone
 
 
 def test_sigterm_on_one_worker_stops_both_and_sigkill_plus_relaunch_resumes(tmp_path, corpus_file,
                                                                             tiny_model_dir, straight):
+    """In the worker-only layout (worker 0 is the chief), against the Vertex-layout run."""
     config = small_config(tmp_path / "out", corpus_file, tiny_model_dir, **OVERRIDES)
 
     # 1. SIGTERM (a preemption notice) to the non-chief worker alone, mid-run.
@@ -180,6 +178,8 @@ def test_sigterm_on_one_worker_stops_both_and_sigkill_plus_relaunch_resumes(tmp_
     codes = pair.wait()
     assert codes == [0, 0], pair.output(0)[-3000:] + pair.output(1)[-3000:]
     assert "Resuming from" in pair.output(0) and "Resuming from" in pair.output(1)
+    assert "this is worker:0 (chief)." in pair.output(0) and "worker:1: trained 30 steps" in pair.output(1)
+    assert worker_folders(pair) == []
     assert_same_result(report_of(config), report_of(straight[0]))
 
 

@@ -136,7 +136,7 @@ def test_refuses_a_folder_of_someone_elses_files_and_overwrites_its_own_leftover
     config = small_config(tmp_path / "run", corpus_file, tiny_model_dir, **{"data.prepared_dir": str(killed)})
     manifest = prepare.prepare_data(config, log=quiet)
     expected = {s["file"] for split in prepare.SPLITS for s in manifest["splits"][split]["shards"]}
-    assert set(os.listdir(killed)) == expected | {"manifest.json"}
+    assert set(os.listdir(killed)) == expected | {"manifest.json", *prepare.DOCTOR_FILES}
     validation = prepare.read_blocks(str(killed), manifest, "validation")
     assert validation.rows == manifest["splits"]["validation"]["rows"]
 
@@ -153,7 +153,8 @@ def test_overwrite_replaces_a_folder_prepared_with_other_settings(tmp_path, corp
     manifest = prepare.prepare_data(other, log=quiet, overwrite=True)
     assert manifest["block_size"] == 16
     assert sorted(os.listdir(folder)) == sorted(
-        ["manifest.json"] + [s["file"] for split in prepare.SPLITS for s in manifest["splits"][split]["shards"]])
+        ["manifest.json", *prepare.DOCTOR_FILES] +
+        [s["file"] for split in prepare.SPLITS for s in manifest["splits"][split]["shards"]])
 
 
 def test_bootstrap_tiny_builds_the_tokenizer_first_and_a_rebuilt_one_is_the_same(tmp_path, corpus_file):

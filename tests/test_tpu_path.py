@@ -4,6 +4,7 @@ float64 variables, bfloat16 compute; plus float16 with loss scaling and XLA, and
 the choice of strategy from the environment."""
 
 import json
+import math
 import subprocess
 import sys
 import textwrap
@@ -21,57 +22,57 @@ TPU_SHAPED = textwrap.dedent("""
     import trainer
     from configs import default
     from trainer import checkpoints, data, distribution, model as model_lib, optimization, prepare, steps
-    model_dir, prepared_dir, precision, xla = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
+    model_dir, prepared_dir = sys.argv[1], sys.argv[2]
     runtime = default.get_config().runtime
-    runtime.precision = precision
     strategy = distribution.get_strategy(runtime, log=lambda m: None)
-    distribution.set_precision(runtime)
     import numpy as np, tensorflow as tf
     manifest = prepare.read_manifest(prepared_dir)
     shards = data.Shards(prepare.shard_paths(prepared_dir, manifest, "train"), manifest["splits"]["train"]["rows"], 32)
     plan = optimization.TrainingPlan(1, 10, 20, 2, 3e-3, 1, 1, 1, {})
-    with strategy.scope():
-        model, _ = model_lib.load_model(model_dir, log=lambda m: None)
-        optimizer = optimization.make_optimizer(plan, default.get_config().optim,
-                                                loss_scaling=distribution.uses_loss_scaling(runtime))
-        optimizer.build(model.trainable_variables)
-    state = checkpoints.RunState()
-    dataset = data.distributed_train_data(strategy, shards, 8, 10, 20, 0, seed=1)
-    spec = {k: v.shape.as_list() for k, v in dataset.element_spec.items()}
-    loop = steps.make_train_loop(model, optimizer, strategy, 1, 1.0, xla)
-    iterator = iter(dataset)
-    losses = []
-    for _ in range(3):  # 3 calls of 4 steps each: one compiled function
-        out, votes = loop(iterator, tf.constant(4), tf.constant(0.0))
-        losses.append(float(out["loss_sum"]) / float(out["count"]))
-    dtypes = sorted({v.dtype.name for v in model.variables + optimizer.variables})
-    compute = model.transformer.h[0].attn.c_attn.compute_dtype
-    print("RESULT" + json.dumps({"spec": spec, "losses": losses, "steps": int(optimizer.iterations),
-                                 "traces": loop.experimental_get_tracing_count(), "dtypes": dtypes,
-                                 "compute": compute, "votes": float(votes)}))
+    results = {}
+    for name, precision, xla in (("bfloat16", "mixed_bfloat16", False), ("float16", "mixed_float16", False),
+                                 ("float32", "float32", False), ("float32_xla", "float32", True)):
+        runtime.precision = precision
+        distribution.set_precision(runtime)  # layers built from here on compute in this precision
+        with strategy.scope():
+            tf.keras.utils.set_random_seed(0)
+            model, _ = model_lib.load_model(model_dir, log=lambda m: None)
+            optimizer = optimization.make_optimizer(plan, default.get_config().optim,
+                                                    loss_scaling=distribution.uses_loss_scaling(runtime))
+            optimizer.build(model.trainable_variables)
+        dataset = data.distributed_train_data(strategy, shards, 8, 10, 20, 0, seed=1)
+        loop = steps.make_train_loop(model, optimizer, strategy, 1, 1.0, xla)
+        iterator = iter(dataset)
+        losses = []
+        for _ in range(3):  # 3 calls of 4 steps each: one compiled function
+            out, votes = loop(iterator, tf.constant(4), tf.constant(0.0))
+            losses.append(float(out["loss_sum"]) / float(out["count"]))
+        results[name] = {
+            "spec": {k: v.shape.as_list() for k, v in dataset.element_spec.items()}, "losses": losses,
+            "steps": int(optimizer.iterations), "traces": loop.experimental_get_tracing_count(),
+            "dtypes": sorted({v.dtype.name for v in model.variables + optimizer.variables}),
+            "compute": model.transformer.h[0].attn.c_attn.compute_dtype, "votes": float(votes)}
+    print("RESULT" + json.dumps(results))
 """)
 
 
 @pytest.fixture(scope="module")
-def prepared_dir(tmp_path_factory, corpus_file, tiny_model_dir):
+def shaped(tmp_path_factory, corpus_file, tiny_model_dir):
+    """One process trains 3 x 4 steps from prepared shards in each precision (and with XLA)."""
     from trainer import prepare
 
     folder = tmp_path_factory.mktemp("tpu") / "prepared"
     config = small_config(tmp_path_factory.mktemp("tpu-out"), corpus_file, tiny_model_dir,
                           **{"data.prepared_dir": str(folder)})
     prepare.prepare_data(config, log=lambda m: None)
-    return str(folder)
-
-
-def run_shaped(model_dir, prepared, precision, xla=False):
-    done = subprocess.run([sys.executable, "-c", TPU_SHAPED, model_dir, prepared, precision, "1" if xla else "0"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", TPU_SHAPED, tiny_model_dir, str(folder)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.split("RESULT", 1)[1])
 
 
-def test_tpu_shaped_training_in_bfloat16_from_files(tiny_model_dir, prepared_dir):
-    out = run_shaped(tiny_model_dir, prepared_dir, "mixed_bfloat16")
+def test_tpu_shaped_training_in_bfloat16_from_files(shaped):
+    out = shaped["bfloat16"]
     assert out["spec"] == {"input_ids": [8, 32], "attention_mask": [8, 32], "labels": [8, 32]}  # static
     assert out["steps"] == 12 and out["traces"] == 1  # 3 calls x 4 steps, traced once
     assert "float64" not in out["dtypes"] and "float32" in out["dtypes"]  # weights stay float32
@@ -79,13 +80,12 @@ def test_tpu_shaped_training_in_bfloat16_from_files(tiny_model_dir, prepared_dir
     assert out["losses"][-1] < out["losses"][0] and out["votes"] == 0.0
 
 
-def test_float16_with_loss_scaling_and_xla_train(tiny_model_dir, prepared_dir):
-    fp16 = run_shaped(tiny_model_dir, prepared_dir, "mixed_float16")
-    assert fp16["compute"] == "float16" and all(map(lambda x: x == x, fp16["losses"]))  # finite, no NaN
+def test_float16_with_loss_scaling_and_xla_train(shaped):
+    fp16 = shaped["float16"]
+    assert fp16["compute"] == "float16" and all(math.isfinite(x) for x in fp16["losses"])
     assert fp16["losses"][-1] < fp16["losses"][0]
-    xla = run_shaped(tiny_model_dir, prepared_dir, "float32", xla=True)
-    plain = run_shaped(tiny_model_dir, prepared_dir, "float32")
-    assert xla["losses"] == pytest.approx(plain["losses"], rel=1e-3)
+    assert shaped["float32_xla"]["losses"] == pytest.approx(shaped["float32"]["losses"], rel=1e-3)
+    assert shaped["float32"]["compute"] == "float32"
 
 
 def test_strategy_is_chosen_from_the_environment():
