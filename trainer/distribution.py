@@ -21,6 +21,7 @@ worker saves, but only one copy is kept).
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -75,10 +76,15 @@ def cluster(environ=None) -> Cluster:
 
 def worker_dir(output_dir: str, cluster_info: Cluster) -> str:
     """Where this process writes: the output directory for the chief, a local temporary
-    folder for the others (remove it with remove_worker_dir)."""
+    folder for the others (remove it with remove_worker_dir). Its name is fixed per task
+    and run, so a relaunch after a SIGKILL removes what the killed process left."""
     if cluster_info.is_chief:
         return output_dir
-    return tempfile.mkdtemp(prefix=f"tunewell-{cluster_info.task_type}{cluster_info.task_index}-")
+    run = hashlib.sha1(output_dir.encode()).hexdigest()[:10]
+    path = os.path.join(tempfile.gettempdir(), f"tunewell-{cluster_info.task_type}{cluster_info.task_index}-{run}")
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path)
+    return path
 
 
 def remove_worker_dir(path: str, cluster_info: Cluster) -> None:
