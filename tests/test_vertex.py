@@ -43,3 +43,24 @@ def test_a_trial_reports_each_evaluation_then_the_best_loss(tmp_path, corpus_fil
     assert [e["global_step"] for e in entries[:-1]] == [str(p["step"]) for p in evaluations]
     assert float(entries[-1]["eval_loss"]) == pytest.approx(report["best_val_loss"], rel=1e-12)
     assert entries[-1]["global_step"] == str(report["steps"]) and entries[-1]["trial"] == "0"
+
+
+def test_vertex_output_locations_replace_a_local_output_dir(monkeypatch):
+    from configs import default
+    from trainer import checkpoints, settings
+
+    config = default.get_config()
+    config.data.train_files = "data/sample/corpus.jsonl"
+    monkeypatch.setenv("AIP_MODEL_DIR", "gs://b/job1/model/")
+    monkeypatch.setenv("AIP_CHECKPOINT_DIR", "gs://b/job1/checkpoints/")
+    monkeypatch.setenv("AIP_TENSORBOARD_LOG_DIR", "gs://b/job1/logs/")
+    resolved = settings.resolve(config)
+    assert resolved.output_dir == "gs://b/job1"  # runs/default would vanish with the job's VM
+    layout = checkpoints.Layout.of(resolved.output_dir)
+    assert (layout.export, layout.checkpoints, layout.logs) == ("gs://b/job1/model", "gs://b/job1/checkpoints",
+                                                                "gs://b/job1/logs")
+    assert layout.export_pytorch == "gs://b/job1/export_pytorch"
+    config.output_dir = "gs://mine/run"  # chosen by the user: everything stays under it
+    resolved = settings.resolve(config)
+    assert resolved.output_dir == "gs://mine/run"
+    assert checkpoints.Layout.of(resolved.output_dir).export == "gs://mine/run/export"
