@@ -128,8 +128,14 @@ def _prepare_from_shards(config, log) -> Prepared:
     from trainer import prepare as prepare_lib
 
     manifest = prepare_lib.read_manifest(config.data.prepared_dir)
-    # bootstrap_tiny: the tokenizer was trained at prepare time on the training split,
-    # so the model folder exists already on the machine that prepared the data.
+    if config.model.bootstrap_tiny and not filesystem.isdir(config.model.name_or_path):
+        # Its tokenizer was trained on the documents at prepare time; one trained here
+        # would not be the one the shards were made with.
+        raise UserError(
+            f"--config.model.name_or_path={config.model.name_or_path}: no model there, and with prepared data "
+            "a tiny model cannot be built (its tokenizer is trained on the documents, which trainer.prepare "
+            "read). Copy the model folder made by trainer.prepare to this path, or put it on gs:// and "
+            "point --config.model.name_or_path at it.")
     tokenizer, model_config = _tokenizer_and_model_config(config, [], log)
     prepare_lib.check_manifest(manifest, config, tokenizer)
     val_blocks = prepare_lib.read_blocks(config.data.prepared_dir, manifest, "validation")
@@ -266,7 +272,7 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
         log(f"Resuming from {checkpoints.latest} at step {step} of {plan.total_steps}.")
     elif run_dir.stored:
         log(f"{output_dir} has this run's config but no checkpoint yet: starting from step 0.")
-    run_log = reporting.RunLog(output_dir, step, state["last_eval_step"], write=chief)
+    run_log = reporting.RunLog(output_dir, step, state["last_eval_step"], write=chief, logs_dir=layout.logs)
     if step == 0:
         run_log.text("train", "config", 0, reporting.config_markdown(resolved))
         if findings:
