@@ -143,9 +143,9 @@ def _prepare_from_shards(config, log) -> Prepared:
     shards = data_lib.Shards(prepare_lib.shard_paths(config.data.prepared_dir, manifest, "train"),
                              int(train["rows"]), config.data.block_size)
     # The generations' prompts and the copy check read text: decoded from the validation
-    # rows and from the first training rows (a sample, as the copy check samples anyway).
-    train_sample = prepare_lib.read_blocks(config.data.prepared_dir, manifest, "train",
-                                           max_rows=diagnosis.MEMORISATION_MAX_DOCS)
+    # rows and from the first 2,000 training rows (a sample: 2,000 x 512 tokens x 12 bytes
+    # = 12 MB, whatever the corpus size).
+    train_sample = prepare_lib.read_blocks(config.data.prepared_dir, manifest, "train", max_rows=2000)
     documents = data_lib.Documents(data_lib.decode_documents(train_sample, tokenizer),
                                    data_lib.decode_documents(val_blocks, tokenizer), "prepared")
     stats = {"train": train["stats"], "validation": manifest["splits"]["validation"]["stats"]}
