@@ -85,3 +85,7 @@ def test_a_missing_bucket_is_named_before_any_work(gcs_server, corpus_file, tiny
     assert "gcloud storage buckets create" in result.stderr
     assert time.monotonic() - started < 60  # TensorFlow alone would retry forever
     assert "Tokenizing" not in result.stdout + result.stderr  # checked before any data is read
+    prepared = run_cli("trainer.prepare", *cli_args(config, **{
+        "output_dir": "runs/unused", "data.prepared_dir": "gs://no-such-bucket-tunewell/prepared"}),
+        env=gcs_server.env, timeout=120)
+    assert prepared.returncode == 2 and "the bucket gs://no-such-bucket-tunewell does not exist" in prepared.stderr

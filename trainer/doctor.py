@@ -16,7 +16,7 @@ import sys
 import numpy as np
 
 import trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from trainer import audit, optimization
+from trainer import audit, filesystem, optimization
 from trainer.audit import Finding
 from trainer.data import IGNORE_INDEX
 
@@ -237,11 +237,9 @@ def markdown(findings: list[Finding]) -> str:
 
 
 def write_outputs(findings: list[Finding], stats: dict, directory: str) -> None:
-    from trainer import filesystem
-
-    filesystem.write_json(os.path.join(directory, "doctor.json"),
+    filesystem.write_json(filesystem.join(directory, "doctor.json"),
                           {"findings": [dataclasses.asdict(f) for f in findings], "stats": _jsonable(stats)})
-    filesystem.write_text(os.path.join(directory, "doctor.md"), markdown(findings))
+    filesystem.write_text(filesystem.join(directory, "doctor.md"), markdown(findings))
 
 
 def _jsonable(value):
@@ -261,6 +259,7 @@ def main(argv):
     try:
         prep = train.prepare(config)
         config = prep.config  # checked, paths expanded
+        filesystem.check_output_location(config.output_dir)  # before TensorFlow retries forever
         checkpoints.OutputDir(config.output_dir)  # refuses a folder that is not a run (a model's, say)
         n_params = estimate_parameters(prep.model_config)
         findings, stats = run_checks(config, prep, n_params)

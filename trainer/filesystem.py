@@ -331,8 +331,9 @@ def download_dir(url: str, local: str) -> str:
     return local
 
 
-def check_output_location(path: str) -> None:
-    """Before any compute: the bucket of a gs:// output exists and this job may write there.
+def check_output_location(path: str, write: bool = True) -> None:
+    """Before any compute: the bucket of a gs:// output exists and this job may write there
+    (write=False: only read it, as the non-chief workers of a multi-worker job do).
 
     TensorFlow's gfile.makedirs and tf.summary.create_file_writer retry forever
     on a missing bucket (no error), while listing the bucket fails at once: this
@@ -351,6 +352,8 @@ def check_output_location(path: str) -> None:
         raise UserError(f"{path}: this job may not list gs://{bucket} (missing permission "
                         "storage.objects.list). Grant its service account roles/storage.objectAdmin on "
                         "the bucket.") from None
+    if not write:
+        return
     probe = join(path, f".tunewell-write-check-{uuid.uuid4().hex[:8]}")
     try:
         write_text(probe, "ok")

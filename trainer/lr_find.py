@@ -209,6 +209,7 @@ def find_learning_rate(config, num_steps: int = 200, min_lr: float = 1e-7, max_l
                         "--config.data.prepared_dir and keep --config.data.train_files.")
     prep = train.prepare(config, log)
     config = prep.config  # checked, paths expanded
+    filesystem.check_output_location(config.output_dir)  # before TensorFlow retries forever
     checkpoints.OutputDir(config.output_dir)  # refuses a folder that is not a run (a model's, say)
     output_dir = os.path.join(config.output_dir, DIRECTORY)
     blocks, steps_per_epoch = prep.train_blocks, prep.plan.steps_per_epoch

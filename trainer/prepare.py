@@ -367,6 +367,7 @@ def prepare_data(config, num_shards: int | None = None, log=reporting.say, overw
                         "own, e.g. --config.data.prepared_dir=runs/prepared-NAME.")
     if num_shards is not None and num_shards < 1:
         raise UserError(f"--shards={num_shards}: give at least 1, or leave it out to derive it.")
+    filesystem.check_output_location(folder)  # a missing bucket: an error now, not writes retried forever
     manifest, ours = _inspect(folder, overwrite)
     if manifest is not None and not overwrite:
         tokenizer = _existing_tokenizer(config)

@@ -189,7 +189,9 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
     # is checked first: TensorFlow retries forever on a missing one.
     config = settings.resolve(config)
     output_dir = config.output_dir
-    filesystem.check_output_location(output_dir)
+    cluster = distribution.cluster()
+    chief = cluster.is_chief  # the only process that writes to output_dir
+    filesystem.check_output_location(output_dir, write=chief)
     run_dir = ckpt_lib.OutputDir(output_dir)
     if run_dir.stored:
         run_dir.check_config(config)
@@ -203,10 +205,8 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
     # TPU system are set up at program start.
     import tensorflow as tf
 
-    cluster = distribution.cluster()
     strategy = distribution.get_strategy(config.runtime, log)
     distribution.set_precision(config.runtime)
-    chief = cluster.is_chief  # the only process that writes to output_dir
 
     # ------------------------------------------------------------------ settings, data, tokens, plan
     if not chief and config.model.bootstrap_tiny:
