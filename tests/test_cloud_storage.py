@@ -10,6 +10,8 @@ import os
 import time
 import uuid
 
+import pytest
+
 from tests.conftest import ROOT, cli_args, quiet, run_cli, small_config
 from tests.gcs_server import BUCKET
 from trainer import filesystem
@@ -89,3 +91,25 @@ def test_a_missing_bucket_is_named_before_any_work(gcs_server, corpus_file, tiny
         "output_dir": "runs/unused", "data.prepared_dir": "gs://no-such-bucket-tunewell/prepared"}),
         env=gcs_server.env, timeout=120)
     assert prepared.returncode == 2 and "the bucket gs://no-such-bucket-tunewell does not exist" in prepared.stderr
+
+
+def test_a_gcs_folder_is_published_whole_and_a_cached_copy_follows_a_new_publish(gcs_server):
+    from trainer.errors import UserError
+
+    url = f"gs://{BUCKET}/published-{uuid.uuid4().hex[:8]}"
+
+    def version(text):
+        def write(tmp):
+            with open(os.path.join(tmp, "weights.txt"), "w") as f:
+                f.write(text)
+        return write
+
+    filesystem.publish_dir(url, version("one"))
+    assert filesystem.is_complete(url)
+    first = model_lib._download_model_dir(url)
+    assert open(os.path.join(first, "weights.txt")).read() == "one"
+    filesystem.publish_dir(url, version("two"))  # same names and sizes, a new publish
+    assert open(os.path.join(model_lib._download_model_dir(url), "weights.txt")).read() == "two"
+    filesystem.remove(f"{url}/{filesystem.COMPLETE_MARKER}")  # what a kill mid-publish leaves
+    with pytest.raises(UserError, match="not a complete model folder"):
+        model_lib._download_model_dir(url)

@@ -258,9 +258,10 @@ def publish_dir(folder: str, write) -> None:
 def _write_marker(local_folder: str) -> None:
     files = sorted(os.path.relpath(os.path.join(root, f), local_folder)
                    for root, _, names in os.walk(local_folder) for f in names)
+    # "publish" differs at every publish, so a cached copy of an earlier one is told apart.
     with open(os.path.join(local_folder, COMPLETE_MARKER), "w") as f:
-        json.dump({"files": {p: os.path.getsize(os.path.join(local_folder, p)) for p in files}}, f,
-                  indent=1, sort_keys=True)
+        json.dump({"files": {p: os.path.getsize(os.path.join(local_folder, p)) for p in files},
+                   "publish": uuid.uuid4().hex}, f, indent=1, sort_keys=True)
 
 
 def _publish_remote(folder: str, write) -> None:

@@ -72,19 +72,27 @@ def choose_weights(folder: str) -> LoadedFrom:
 
 
 def _download_model_dir(url: str) -> str:
-    """A model folder on gs:// (e.g. an earlier run's export) copied to a local cache once.
+    """A model folder on gs:// (e.g. an earlier run's export) copied to a local cache.
 
-    Only a complete folder (its COMPLETE.json marker written last) is taken."""
+    Only a complete folder (its COMPLETE.json marker written last) is taken, and the
+    copy is reused only while its marker matches the bucket's (a re-export replaces it)."""
     import hashlib
     import tempfile
 
     local = os.path.join(tempfile.gettempdir(), "tunewell-models", hashlib.sha1(url.encode()).hexdigest()[:16])
-    if not os.path.exists(os.path.join(local, filesystem.COMPLETE_MARKER)):
-        filesystem.remove(local)
-        tmp = local + filesystem.TMP_MARK + str(os.getpid())
-        filesystem.download_dir(url, tmp)
-        os.makedirs(os.path.dirname(local), exist_ok=True)
-        os.replace(tmp, local)
+    marker = os.path.join(local, filesystem.COMPLETE_MARKER)
+    remote_marker = filesystem.join(url, filesystem.COMPLETE_MARKER)
+    if not filesystem.exists(remote_marker):
+        raise UserError(f"--config.model.name_or_path={url}: no {filesystem.COMPLETE_MARKER} there, so not a "
+                        "complete model folder (an interrupted export, or a typo). Re-run the job that exports it.")
+    if os.path.exists(marker) and filesystem.read_text(marker) == filesystem.read_text(remote_marker):
+        return local
+    filesystem.remove(local)
+    tmp = local + filesystem.TMP_MARK + str(os.getpid())
+    filesystem.remove(tmp)
+    filesystem.download_dir(url, tmp)
+    os.makedirs(os.path.dirname(local), exist_ok=True)
+    os.replace(tmp, local)
     return local
 
 
