@@ -7,8 +7,8 @@
 - only the chief writes: the other worker runs with the output directory mounted
   READ-ONLY (its own mount namespace), so any write it tried would fail the run;
 - a SIGTERM to one worker stops both at the same step with a checkpoint; a worker
-  killed with SIGKILL ends the other with a clear message; relaunching resumes
-  and ends as the uninterrupted run did.
+  killed with SIGKILL (the non-chief, then the chief) ends the other with a clear message;
+  relaunching resumes and ends as the uninterrupted run did.
 """
 
 import json
@@ -173,7 +173,14 @@ def test_sigterm_on_one_worker_stops_both_and_sigkill_plus_relaunch_resumes(tmp_
     assert "another worker of this 2-worker job stopped" in pair.output(0)
     assert "Relaunch the whole job with the same command" in pair.output(0)
 
-    # 3. Relaunch: resumes from the last checkpoint and ends as the uninterrupted run.
+    # 3. Relaunch (from step 20); now the CHIEF, the one that writes, is killed at step 27:
+    #    the other worker is told and exits too.
+    pair = Pair(config, str(tmp_path), faults=("train_step@27", ""))
+    codes = pair.wait()
+    assert codes[0] == -signal.SIGKILL and codes[1] == 1, pair.output(1)[-3000:]
+    assert "another worker of this 2-worker job stopped" in pair.output(1)
+
+    # 4. Relaunch: resumes from the last checkpoint and ends as the uninterrupted run.
     pair = Pair(config, str(tmp_path))
     codes = pair.wait()
     assert codes == [0, 0], pair.output(0)[-3000:] + pair.output(1)[-3000:]
