@@ -37,6 +37,13 @@ COMPARE = textwrap.dedent("""
         result["weights"] = [float(np.sum(np.abs(w.numpy()))) for w in model.trainable_weights]
         result["replicas"] = strategy.num_replicas_in_sync
         out[name] = result
+    # The trainer's input: replica r of 2 gets rows [4r, 4r + 4) of the one-device global batch.
+    from trainer import data
+    blocks = data.Blocks(ids, mask, batch["labels"], documents=8, tokens=int(mask.sum()))
+    whole = next(iter(data.train_dataset(blocks, 8, 1, 1, 0, seed=5)))["input_ids"].numpy()
+    split = next(iter(data.distributed_train_data(mirrored, blocks, 8, 1, 1, 0, seed=5)))["input_ids"]
+    out["replica_rows_match"] = bool(np.array_equal(
+        np.concatenate([t.numpy() for t in mirrored.experimental_local_results(split)]), whole))
     print("RESULT" + json.dumps(out))
 """)
 
@@ -54,6 +61,7 @@ def test_two_replicas_match_one_device_with_uneven_padding(tiny_model_dir):
     for key in ("loss_sum", "grad_norm", "correct", "tokens"):
         assert two[key] == pytest.approx(one[key], rel=1e-5), key
     assert two["weights"] == pytest.approx(one["weights"], rel=1e-5)
+    assert out["replica_rows_match"]
 
 
 def test_training_on_two_logical_cpus_through_the_cli(tmp_path, corpus_file, tiny_model_dir):
