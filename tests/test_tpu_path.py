@@ -43,12 +43,14 @@ TPU_SHAPED = textwrap.dedent("""
         dataset = data.distributed_train_data(strategy, shards, 8, 10, 20, 0, seed=1)
         loop = steps.make_train_loop(model, optimizer, strategy, 1, 1.0, xla)
         iterator = iter(dataset)
-        losses = []
+        losses, grad_norms = [], []
         for _ in range(3):  # 3 calls of 4 steps each: one compiled function
             out, votes = loop(iterator, tf.constant(4), tf.constant(0.0))
             losses.append(float(out["loss_sum"]) / float(out["count"]))
+            grad_norms.append(float(out["grad_norm"]) / 4)
         results[name] = {
             "spec": {k: v.shape.as_list() for k, v in dataset.element_spec.items()}, "losses": losses,
+            "grad_norms": grad_norms,
             "steps": int(optimizer.iterations), "traces": loop.experimental_get_tracing_count(),
             "dtypes": sorted({v.dtype.name for v in model.variables + optimizer.variables}),
             "compute": model.transformer.h[0].attn.c_attn.compute_dtype, "votes": float(votes)}
@@ -84,6 +86,9 @@ def test_float16_with_loss_scaling_and_xla_train(shaped):
     fp16 = shaped["float16"]
     assert fp16["compute"] == "float16" and all(math.isfinite(x) for x in fp16["losses"])
     assert fp16["losses"][-1] < fp16["losses"][0]
+    # The scaled loss's gradients are unscaled before clipping and reporting: the same size as float32's
+    # (a missing unscale would report them 32,768 times larger).
+    assert fp16["grad_norms"] == pytest.approx(shaped["float32"]["grad_norms"], rel=0.5)
     assert shaped["float32_xla"]["losses"] == pytest.approx(shaped["float32"]["losses"], rel=1e-3)
     assert shaped["float32"]["compute"] == "float32"
 

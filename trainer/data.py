@@ -103,7 +103,7 @@ def _read_table(path: str, text_field: str) -> list[str]:
 
     if path.endswith(".csv"):
         _decode_utf8(path)  # the same empty-file and UTF-8 checks, with line numbers
-    elif (len(filesystem.read_bytes(path)) if filesystem.is_remote(path) else os.path.getsize(path)) == 0:
+    elif filesystem.size(path) == 0:
         raise UserError(f"{path} is empty: it holds no text to train on.")
     builder = "csv" if path.endswith(".csv") else "parquet"
     if filesystem.is_remote(path):  # datasets reads local files: a copy, read once

@@ -118,7 +118,7 @@ def configure_devices(runtime_config) -> None:
                             "logical CPU(s) in this process; set it in a fresh process (the CLI does).") from None
 
 
-def set_precision(runtime_config) -> str:
+def set_precision(runtime_config) -> None:
     """The Keras mixed-precision policy for every layer built after this call.
 
     mixed_bfloat16 / mixed_float16: matmuls and activations in 16 bits, weights
@@ -129,7 +129,6 @@ def set_precision(runtime_config) -> str:
     import tensorflow as tf
 
     tf.keras.mixed_precision.set_global_policy(runtime_config.precision)
-    return runtime_config.precision
 
 
 def uses_loss_scaling(runtime_config) -> bool:

@@ -91,6 +91,11 @@ def glob_in(folder: str, pattern: str) -> list[str]:
     return sorted(glob.glob(os.path.join(glob.escape(folder), pattern)))
 
 
+def size(path: str) -> int:
+    """Bytes in a file."""
+    return int(_gfile().stat(path).length) if is_remote(path) else os.path.getsize(path)
+
+
 def read_text(path: str) -> str:
     if is_remote(path):
         with _gfile().GFile(path, "r") as f:

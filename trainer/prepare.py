@@ -42,10 +42,10 @@ FORMAT = 1  # manifest["tunewell_prepared"]; a folder of another format is refus
 MANIFEST = "manifest.json"
 SPLITS = ("train", "validation")
 FEATURES = data_lib.FIELDS  # one int32 row per feature, as raw bytes
-# Our own shard names: a folder holding only these (and no manifest) is a killed
-# run's leftovers, overwritten; any other file means the folder is someone else's.
 # The data audit of the doctor, run here because only this step reads the documents.
 DOCTOR_FILES = ("doctor.json", "doctor.md")
+# Our own shard names: a folder holding only these (and no manifest) is a killed
+# run's leftovers, overwritten; any other file means the folder is someone else's.
 SHARD_NAME = re.compile(r"^(train|validation)-\d{5,}-of-\d{5,}\.tfrecord$")
 # Shard size. A row takes 3 features x block_size x 4 bytes plus ~90 bytes of
 # framing: at block_size 512, 6,234 bytes, so a 64 MB shard holds ~10,800 rows.
@@ -259,7 +259,7 @@ def _settings(config, tokenizer) -> dict:
         "data": {key: config.data[key] for key in DATA_FIELDS},
         # Sizes too: a glob that matches a new file, or a file that grew, is new data
         # under the same settings, which "already prepared" must not hide.
-        "files": {split: [{"path": path, "bytes": _size(path)}
+        "files": {split: [{"path": path, "bytes": filesystem.size(path)}
                           for path in data_lib.expand_files(spec, f"--config.data.{split}_files")]
                   for split, spec in (("train", config.data.train_files),
                                       ("validation", config.data.validation_files)) if spec},
@@ -432,16 +432,6 @@ def prepare_data(config, num_shards: int | None = None, log=reporting.say, overw
     log(f"Prepared {folder} in {finished - started:.1f} s: reading and tokenizing {tokenized - started:.1f} s, "
         f"writing {rows:,} rows {writing:.1f} s ({rows / writing:,.0f} rows/s).")
     return manifest
-
-
-def _size(path: str) -> int:
-    """Bytes of an input file (filesystem.py has no size function yet). Local files
-    without TensorFlow: "already prepared" then answers without importing it."""
-    if not filesystem.is_remote(path):
-        return os.path.getsize(path)
-    import tensorflow as tf
-
-    return int(tf.io.gfile.stat(path).length)
 
 
 # ----------------------------------------------------------------------------- entry point

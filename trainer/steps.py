@@ -42,7 +42,7 @@ def _replica_step_fn(model, optimizer, strategy, grad_accum_steps: int, max_grad
     SUM = tf.distribute.ReduceOp.SUM
     # float16 runs scale the loss so small gradients survive float16's range; the
     # LossScaleOptimizer skips (and lowers the scale on) a step whose gradients overflow.
-    loss_scale = getattr(optimizer, "dynamic", None) is not None and hasattr(optimizer, "get_scaled_loss")
+    loss_scale = isinstance(optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
 
     def micro_batch(part, denominator, scale):
         """Loss sums and gradients of one micro-batch: the heavy part, no collectives,
