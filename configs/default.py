@@ -55,6 +55,10 @@ def get_config():
     config.data.batching = "packed"
     # Processes for batched tokenization (datasets.map num_proc).
     config.data.num_proc = 1
+    # Token ids of raw files are cached here, keyed by the tokenizer and the
+    # documents' text, so a second run on the same data does not tokenize
+    # again. "" = no cache.
+    config.data.cache_dir = "~/.cache/tunewell"
     # A folder (local or gs://) of shards written by `python -m trainer.prepare`
     # with this config: tokenized and packed once, read by tf.data file by file.
     # "" = read train_files and tokenize them at launch, in memory.
@@ -154,16 +158,21 @@ def get_config():
     # MirroredStrategy has that many replicas without a GPU (for testing the
     # multi-replica path on a laptop; the replicas share the same cores).
     config.runtime.cpu_devices = 1
-    # Compute precision: "float32", "mixed_bfloat16" (16-bit matmuls, float32
-    # weights; TPUs and CPUs with bfloat16 units) or "mixed_float16" (GPUs; the
-    # loss is scaled so small gradients survive float16's range).
-    config.runtime.precision = "float32"
-    # Compile the training step with XLA (tf.function(jit_compile=True)).
+    # Compute precision. "auto" = what the hardware computes natively:
+    # mixed_bfloat16 on TPUs, on GPUs of compute capability >= 8.0 and on CPUs
+    # with avx512_bf16/amx_bf16; mixed_float16 on older GPUs; float32 otherwise
+    # (bench/results.json has the measured speed and held-out loss of each).
+    # Or name one: "float32", "mixed_bfloat16" (16-bit matmuls, float32 weights),
+    # "mixed_float16" (the loss is scaled so small gradients survive float16's range).
+    config.runtime.precision = "auto"
+    # Compile the training step with XLA (tf.function(jit_compile=True)). Off:
+    # on these CPUs it gave no speed-up (bench/README); a TPU compiles anyway.
     config.runtime.xla = False
-    # Optimizer steps per call into the compiled step: a host round trip per step
-    # starves a TPU (use 50-200 there). Logging, evaluation and checkpoints fall
-    # on the same steps whatever the value.
-    config.runtime.steps_per_execution = 1
+    # Optimizer steps per call into the compiled step; the host reads the
+    # metrics once per call. None = one step per call until a step is timed,
+    # then as many as fit in ~2 s (so a SIGTERM is answered within ~2 s),
+    # never past the next log, evaluation or checkpoint step.
+    config.runtime.steps_per_execution = config_dict.placeholder(int)
     # TPU name or grpc:// address for a TPU node; "" = this TPU VM's own TPU.
     config.runtime.tpu = ""
 

@@ -81,6 +81,10 @@ def small_config(output_dir, train_files, model_dir, **overrides):
     config.optim.learning_rate = 3e-3
     config.eval.num_prompts = 1
     config.eval.max_new_tokens = 4
+    # Pinned: "auto" picks bfloat16 on some of these CPUs and float32 on others, and
+    # the suite's exact comparisons must not depend on the machine it runs on.
+    config.runtime.precision = "float32"
+    config.data.cache_dir = ""  # each test tokenizes; the cache has its own tests
     for key, value in overrides.items():
         section, _, name = key.rpartition(".")
         target = config
@@ -89,6 +93,16 @@ def small_config(output_dir, train_files, model_dir, **overrides):
         target[name] = value
     config.lock()
     return config
+
+
+@pytest.fixture(autouse=True)
+def float32_policy():
+    """The Keras precision policy is process-global: a test that trains in bfloat16
+    must not leave the next test's models in it."""
+    yield
+    import tensorflow as tf
+
+    tf.keras.mixed_precision.set_global_policy("float32")
 
 
 def quiet(_message):

@@ -1,6 +1,7 @@
 """Reading, splitting, packing and padding on hand-made examples."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -139,3 +140,31 @@ def test_missing_file_names_the_flag(tmp_path):
     config.data.train_files = str(tmp_path / "nope.jsonl")
     with pytest.raises(UserError, match=r"--config.data.train_files: no file matches .*nope.jsonl"):
         data.load_documents(config.data, seed=0)
+
+
+def test_token_cache_skips_tokenizing_the_same_documents_again(tmp_path, tiny_model_dir, monkeypatch):
+    from trainer import model as model_lib
+
+    tokenizer = model_lib.load_tokenizer(tiny_model_dir)
+    documents = ["the river ran on", "a second document", ""]
+    first = data.tokenize(documents, tokenizer, cache_dir=str(tmp_path))
+    entries = os.listdir(tmp_path / "tokens")
+    assert len(entries) == 1 and entries[0].endswith(".npz")
+
+    def no_tokenizing(*args, **kwargs):
+        raise AssertionError("tokenized again although the cache holds these documents")
+
+    monkeypatch.setattr(type(tokenizer), "__call__", no_tokenizing)
+    again = data.tokenize(documents, tokenizer, cache_dir=str(tmp_path))
+    assert [a.tolist() for a in again] == [f.tolist() for f in first]
+    # Other text, or the same words split into documents differently, is a miss.
+    with pytest.raises(AssertionError, match="tokenized again"):
+        data.tokenize(["the river ran on a second document", ""], tokenizer, cache_dir=str(tmp_path))
+    monkeypatch.undo()
+    # A damaged entry (a disk error, a copy cut short) is tokenized again and replaced.
+    path = tmp_path / "tokens" / entries[0]
+    path.write_bytes(path.read_bytes()[:20])
+    repaired = data.tokenize(documents, tokenizer, cache_dir=str(tmp_path))
+    assert [a.tolist() for a in repaired] == [f.tolist() for f in first]
+    with np.load(path) as cached:
+        assert int(cached["ends"][-1]) == sum(len(f) for f in first)

@@ -58,7 +58,7 @@ def test_two_replicas_match_one_device_with_uneven_padding(tiny_model_dir):
     one, two = out["one"], out["two"]
     assert (one["replicas"], two["replicas"]) == (1, 2)
     assert two["count"] == one["count"] == 4 * 4 + 4 * 15  # supervised targets: 4 per padded row, 15 per full row
-    for key in ("loss_sum", "grad_norm", "correct", "tokens"):
+    for key in ("loss_sum", "grad_norm", "tokens"):
         assert two[key] == pytest.approx(one[key], rel=1e-5), key
     assert two["weights"] == pytest.approx(one["weights"], rel=1e-5)
     assert out["replica_rows_match"]
@@ -74,3 +74,35 @@ def test_training_on_two_logical_cpus_through_the_cli(tmp_path, corpus_file, tin
     assert "2 replica(s) x 4 rows = global batch 8 rows x 32 tokens = 256 tokens/step." in output
     report = json.load(open(tmp_path / "out" / "report.json"))
     assert report["best_val_loss"] < report["initial_val_loss"]
+
+
+def test_auto_precision_follows_what_the_hardware_computes_natively(tmp_path):
+    import tensorflow as tf
+
+    from trainer import distribution
+
+    default_strategy = tf.distribute.get_strategy()
+    cases = [({"avx2", "avx512f", "avx512_bf16"}, None, "mixed_bfloat16"),  # Intel/AMD with AVX-512 BF16
+             ({"avx2", "amx_bf16"}, None, "mixed_bfloat16"),                 # Sapphire Rapids AMX
+             ({"avx2", "fma"}, None, "float32"),                            # AVX2 only: emulated bfloat16
+             (set(), [(8, 0), (9, 0)], "mixed_bfloat16"),                    # A100 + H100
+             (set(), [(7, 5), (8, 0)], "mixed_float16")]                     # a T4 among them: its units decide
+    for flags, gpus, expected in cases:
+        policy, why = distribution.auto_precision(default_strategy, flags=flags, gpu_capabilities=gpus)
+        assert policy == expected, (flags, gpus, why)
+        assert why
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_bf16\n\nprocessor\t: 1\nflags\t\t: fpu avx2\n")
+    assert {"avx2", "avx512_bf16"} <= distribution.cpu_flags(str(cpuinfo))
+    assert distribution.cpu_flags(str(tmp_path / "missing")) == set()
+
+
+def test_steps_per_call_fits_about_two_seconds_and_stops_at_the_log_interval():
+    import tensorflow as tf
+
+    from trainer import distribution
+
+    strategy = tf.distribute.get_strategy()
+    assert distribution.steps_per_call(strategy, 0.05, log_every_steps=10) == 10   # 40 fit; the log comes first
+    assert distribution.steps_per_call(strategy, 0.05, log_every_steps=100) == 40
+    assert distribution.steps_per_call(strategy, 3.0, log_every_steps=10) == 1     # a slow step: one per call

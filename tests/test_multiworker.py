@@ -244,6 +244,6 @@ def test_two_workers_match_one_device_with_uneven_padding(tmp_path, tiny_model_d
         assert result["replicas"] == 2
         assert result["local_rows"] == reference["local_rows"][4 * i: 4 * i + 4]  # worker i: its slice
         assert result["count"] == reference["count"]
-        for key in ("loss_sum", "grad_norm", "correct", "tokens"):
+        for key in ("loss_sum", "grad_norm", "tokens"):
             assert result[key] == pytest.approx(reference[key], rel=1e-5), key
         assert result["weights"] == pytest.approx(reference["weights"], rel=1e-5)

@@ -33,12 +33,12 @@ TPU_SHAPED = textwrap.dedent("""
     for name, precision, xla in (("bfloat16", "mixed_bfloat16", False), ("float16", "mixed_float16", False),
                                  ("float32", "float32", False), ("float32_xla", "float32", True)):
         runtime.precision = precision
-        distribution.set_precision(runtime)  # layers built from here on compute in this precision
+        distribution.set_precision(runtime, strategy)  # layers built from here on compute in this precision
         with strategy.scope():
             tf.keras.utils.set_random_seed(0)
             model, _ = model_lib.load_model(model_dir, log=lambda m: None)
             optimizer = optimization.make_optimizer(plan, default.get_config().optim,
-                                                    loss_scaling=distribution.uses_loss_scaling(runtime))
+                                                    loss_scaling=distribution.uses_loss_scaling(precision))
             optimizer.build(model.trainable_variables)
         dataset = data.distributed_train_data(strategy, shards, 8, 10, 20, 0, seed=1)
         loop = steps.make_train_loop(model, optimizer, strategy, 1, 1.0, xla)

@@ -58,8 +58,8 @@ def test_tensorboard_events_read_back(finished_run):
     val_events = EventAccumulator(os.path.join(config.output_dir, "logs", "validation"),
                                   size_guidance={"tensors": 0}).Reload()
     tags = set(train_events.Tags()["tensors"])
-    assert {"loss", "perplexity", "accuracy", "learning_rate", "grad_norm", "tokens_per_sec",
-            "config"} <= tags
+    assert {"loss", "perplexity", "learning_rate", "grad_norm", "tokens_per_sec", "config"} <= tags
+    assert "accuracy" not in tags  # an argmax over the vocabulary at every step: validation only
     assert {"loss", "perplexity", "accuracy", "generations"} <= set(val_events.Tags()["tensors"])
     from tensorboard.util.tensor_util import make_ndarray
 
@@ -186,3 +186,59 @@ def test_loss_is_the_mean_over_supervised_tokens():
     loss_sum, count, correct = token_sums(logits, labels)
     assert (float(count), float(correct)) == (2.0, 1.0)
     assert float(loss_sum) == pytest.approx(-np.log(0.4) - np.log(0.9), rel=1e-6)
+
+
+def test_the_compiled_sampler_matches_transformers_generate(tiny_model_dir):
+    """The evaluation's compiled sampler (key/value cache, left padding, positions from
+    the mask) gives transformers' greedy tokens when top_p keeps only the best token."""
+    import tensorflow as tf
+
+    from trainer import evaluation
+
+    model, _ = model_lib.load_model(tiny_model_dir, log=quiet)
+    tokenizer = model_lib.load_tokenizer(tiny_model_dir)
+    tokenizer.padding_side = "left"
+    encoded = tokenizer(["river stone", "the lamp was lit at"], return_tensors="tf", padding=True)
+    assert int(tf.reduce_min(tf.reduce_sum(encoded["attention_mask"], 1))) < encoded["input_ids"].shape[1]
+    reference = model.generate(**encoded, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                               eos_token_id=None)[:, encoded["input_ids"].shape[1]:].numpy()
+    ours = evaluation._sampler(model)(tf.cast(encoded["input_ids"], tf.int32),
+                                      tf.cast(encoded["attention_mask"], tf.int32), tf.constant(6),
+                                      tf.constant(0), tf.constant(1.0), tf.constant(1e-6)).numpy()
+    np.testing.assert_array_equal(ours, reference)
+    samples = evaluation.sample_generations(model, tokenizer, ["river stone", ""], 5, seed=3)
+    assert samples == evaluation.sample_generations(model, tokenizer, ["river stone", ""], 5, seed=3)  # seeded
+    assert [s["tokens"] for s in samples] and all(1 <= s["tokens"] <= 5 for s in samples)
+
+
+def test_a_call_of_several_steps_stops_at_the_first_non_finite_step(tiny_model_dir):
+    import tensorflow as tf
+
+    from configs import default
+    from trainer import optimization, steps
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 300, [4, 16]).astype(np.int32)
+    batch = {"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": ids}
+    model, _ = model_lib.load_model(tiny_model_dir, log=quiet)
+    optimizer = optimization.make_optimizer(optimization.TrainingPlan(1, 1, 10, 1, 1e-3, 1, 1, 1, {}),
+                                            default.get_config().optim)
+    loop = steps.make_train_loop(model, optimizer, tf.distribute.get_strategy(), 1, 1.0)
+    iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
+    out, _ = loop(iterator, tf.constant(3), tf.constant(0.0))
+    assert float(out["steps"]) == 3 and int(optimizer.iterations) == 3 and np.isfinite(float(out["loss_sum"]))
+    weight = model.trainable_weights[0]
+    weight.assign(tf.fill(weight.shape, float("nan")))
+    out, _ = loop(iterator, tf.constant(5), tf.constant(0.0))
+    assert float(out["steps"]) == 1 and int(optimizer.iterations) == 4  # the 4 steps after it never ran
+    assert not np.isfinite(float(out["loss_sum"]))
+
+
+def test_report_says_where_the_wall_time_went(finished_run):
+    _, report = finished_run
+    timing = report["timing"]
+    parts = ("training", "evaluation", "generation", "export", "report")
+    assert all(timing[f"{p}_seconds"] > 0 for p in parts), timing
+    assert sum(timing[f"{p}_seconds"] for p in parts) < timing["wall_seconds"]
+    assert 0 < timing["first_step_seconds"] < timing["wall_seconds"]
+    assert timing["training_share"] == pytest.approx(timing["training_seconds"] / timing["wall_seconds"], rel=0.05)

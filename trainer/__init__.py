@@ -7,6 +7,11 @@ entry point imports this package first, so this is the one place that sets it.
 """
 
 import os
+import time
+
+# When this process started, near enough (the interpreter's own start-up comes
+# first, ~30 ms): the report's time-to-first-step counts from here.
+LAUNCHED_AT = time.time()
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 # TensorFlow's C++ start-up chatter (CUDA probes on a CPU machine) hides the

@@ -14,8 +14,10 @@ scored (padding only). The model's loss (trainer/steps.py) shifts them once.
 
 import dataclasses
 import glob
+import hashlib
 import json
 import os
+import zipfile
 
 import numpy as np
 
@@ -188,8 +190,26 @@ def load_documents(data_config, seed: int) -> Documents:
 # ----------------------------------------------------------------------------- tokenizing
 
 
-def tokenize(documents: list[str], tokenizer, num_proc: int = 1, desc: str = "Tokenizing"):
-    """Token ids per document with EOS appended, so the model learns where text ends."""
+def tokenize(documents: list[str], tokenizer, num_proc: int = 1, desc: str = "Tokenizing",
+             cache_dir: str = ""):
+    """Token ids per document with EOS appended, so the model learns where text ends.
+
+    With cache_dir, the ids are kept in CACHE_DIR/tokens/<key>.npz, where the key
+    is a sha256 of the tokenizer (its vocabulary and merges) and of every
+    document's text: a second run on the same data does not tokenize again, and
+    any change to either misses the cache. Written to a temporary name and
+    renamed, so a kill mid-write leaves no half file; an unreadable entry is
+    tokenized again and replaced.
+    """
+    path = _token_cache_path(documents, tokenizer, cache_dir) if cache_dir else None
+    if path and os.path.exists(path):
+        try:
+            with np.load(path) as cached:
+                ids, ends = cached["ids"], cached["ends"]
+            if len(ends) == len(documents):
+                return np.split(ids, ends[:-1]) if len(ends) else []
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            pass  # damaged: tokenize again and replace it below
     import datasets
 
     eos = tokenizer.eos_token_id
@@ -201,7 +221,34 @@ def tokenize(documents: list[str], tokenizer, num_proc: int = 1, desc: str = "To
     dataset = datasets.Dataset.from_dict({"text": documents})
     dataset = dataset.map(encode, batched=True, remove_columns=["text"], desc=desc,
                           num_proc=num_proc if num_proc > 1 else None, keep_in_memory=True)
-    return [np.asarray(ids, dtype=np.int32) for ids in dataset["input_ids"]]
+    token_ids = [np.asarray(ids, dtype=np.int32) for ids in dataset["input_ids"]]
+    if path:
+        _write_token_cache(path, token_ids)
+    return token_ids
+
+
+def _token_cache_path(documents: list[str], tokenizer, cache_dir: str) -> str:
+    from trainer.prepare import tokenizer_hash
+
+    key = hashlib.sha256(tokenizer_hash(tokenizer).encode())
+    for text in documents:
+        key.update(text.encode("utf-8", "surrogatepass"))
+        key.update(b"\0")  # ["ab", "c"] and ["a", "bc"] are different corpora
+    return os.path.join(os.path.expanduser(cache_dir), "tokens", key.hexdigest() + ".npz")
+
+
+def _write_token_cache(path: str, token_ids: list[np.ndarray]) -> None:
+    """Best effort: a read-only or full disk costs the next run a tokenization, nothing more."""
+    ids = np.concatenate(token_ids) if token_ids else np.zeros([0], np.int32)
+    ends = np.cumsum([len(t) for t in token_ids], dtype=np.int64)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            np.savez(f, ids=ids, ends=ends)
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -286,7 +333,7 @@ def pad_blocks(token_ids: list[np.ndarray], block_size: int, pad_token_id: int) 
 
 def make_blocks(documents, tokenizer, data_config, desc, keep_tail=False):
     """keep_tail: score every token (validation) rather than only full blocks (training)."""
-    token_ids = tokenize(documents, tokenizer, data_config.num_proc, desc)
+    token_ids = tokenize(documents, tokenizer, data_config.num_proc, desc, data_config.cache_dir)
     if data_config.batching == "packed":
         return pack_blocks(token_ids, data_config.block_size, tokenizer.pad_token_id, keep_tail)
     return pad_blocks(token_ids, data_config.block_size, tokenizer.pad_token_id)

@@ -30,7 +30,7 @@ import tempfile
 from trainer.errors import UserError
 
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 # A collective that has waited this long means a peer is gone; MultiWorkerMirroredStrategy's
 # health check (a ping every 30 s, 3 tries of 10 s) usually notices sooner and aborts with
 # UnavailableError. 30 min covers the longest legitimate wait: the chief exporting a
@@ -118,8 +118,50 @@ def configure_devices(runtime_config) -> None:
                             "logical CPU(s) in this process; set it in a fresh process (the CLI does).") from None
 
 
-def set_precision(runtime_config) -> None:
-    """The Keras mixed-precision policy for every layer built after this call.
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set:
+    """The CPU's feature flags as the kernel reports them (empty where there is no /proc)."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def auto_precision(strategy, flags=None, gpu_capabilities=None) -> tuple:
+    """(policy, why) for runtime.precision=auto, from what the hardware computes natively.
+
+    - TPU: bfloat16 is its native matmul type -> mixed_bfloat16.
+    - GPU: compute capability >= 8.0 (A100, L4, H100) has bfloat16 tensor cores ->
+      mixed_bfloat16; older ones (T4, V100) have float16 tensor cores -> mixed_float16
+      (with loss scaling).
+    - CPU: mixed_bfloat16 only with avx512_bf16 or amx_bf16. Measured on an Intel with
+      AVX-512 BF16: matmul 339 vs 214-225 GFLOP/s, a packed GPT-2 step 1.5-1.6x faster.
+      Without those units (an AMD EPYC with AVX2 only) TensorFlow emulates bfloat16
+      with conversions, which is slower than float32: stay in float32.
+    """
+    import tensorflow as tf
+
+    if "TPUStrategy" in class_name(strategy):
+        return "mixed_bfloat16", "TPU"
+    if gpu_capabilities is None:
+        gpu_capabilities = [tf.config.experimental.get_device_details(gpu).get("compute_capability") or (0, 0)
+                            for gpu in tf.config.list_physical_devices("GPU")]
+    if gpu_capabilities:
+        oldest = min(gpu_capabilities)
+        if oldest >= (8, 0):
+            return "mixed_bfloat16", f"GPU compute capability {oldest[0]}.{oldest[1]} has bfloat16 units"
+        return "mixed_float16", f"GPU compute capability {oldest[0]}.{oldest[1]} has float16 units, not bfloat16"
+    native = sorted((cpu_flags() if flags is None else flags) & {"avx512_bf16", "amx_bf16"})
+    if native:
+        return "mixed_bfloat16", f"this CPU has {' and '.join(native)}"
+    return "float32", "this CPU has no native bfloat16 (no avx512_bf16 or amx_bf16 flag)"
+
+
+def set_precision(runtime_config, strategy, log=print) -> str:
+    """Sets the Keras mixed-precision policy for every layer built after this call; returns it.
 
     mixed_bfloat16 / mixed_float16: matmuls and activations in 16 bits, weights
     and optimizer state in float32 (the export is float32). float16's range is
@@ -128,11 +170,38 @@ def set_precision(runtime_config) -> None:
     """
     import tensorflow as tf
 
-    tf.keras.mixed_precision.set_global_policy(runtime_config.precision)
+    policy = runtime_config.precision
+    if policy == "auto":
+        policy, why = auto_precision(strategy)
+        log(f"Precision: {policy} (runtime.precision=auto: {why}).")
+    tf.keras.mixed_precision.set_global_policy(policy)
+    return policy
 
 
-def uses_loss_scaling(runtime_config) -> bool:
-    return runtime_config.precision == "mixed_float16"
+def uses_loss_scaling(precision: str) -> bool:
+    return precision == "mixed_float16"
+
+
+def agreed_mean(strategy, value: float) -> float:
+    """The mean of a number over every replica of every worker: the same on all of them."""
+    import tensorflow as tf
+
+    if input_pipelines(strategy) <= 1:
+        return value
+    return float(_vote_counter(strategy)(tf.constant(float(value)))) / strategy.num_replicas_in_sync
+
+
+def steps_per_call(strategy, step_seconds: float, log_every_steps: int, target_call_seconds: float = 2.0) -> int:
+    """runtime.steps_per_execution=None: as many steps per compiled call as fit in about 2 s.
+
+    A host round trip per step costs a few milliseconds, which matters when a
+    step takes tens of them (a TPU, a small model) and not when it takes seconds.
+    Bounding a call to ~2 s keeps a stop request (SIGTERM) answered within ~2 s
+    of training. Every worker must run the same number of steps per call (each
+    step is a collective), so the figure is agreed (the mean step time).
+    """
+    seconds = max(agreed_mean(strategy, step_seconds), 1e-6)
+    return max(1, min(log_every_steps, int(target_call_seconds / seconds)))
 
 
 # ----------------------------------------------------------------------------- strategies

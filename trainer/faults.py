@@ -38,9 +38,10 @@ def _kill():
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def point(name: str, step: int | None = None) -> None:
-    """A place where the fault suite may kill the run."""
-    if _NAME != name or (_STEP is not None and step != _STEP):
+def point(name: str, step: int | None = None, through: int | None = None) -> None:
+    """A place where the fault suite may kill the run; [step, through] is the range of
+    optimizer steps about to run (one compiled call may run several)."""
+    if _NAME != name or (_STEP is not None and not step <= _STEP <= (through or step)):
         return
     if _DELAY:
         threading.Timer(_DELAY, _kill).start()

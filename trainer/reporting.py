@@ -5,11 +5,46 @@ OUTPUT/metrics.jsonl                       every logged point, one JSON per line
 OUTPUT/report.json                         the run's outcome (keys are a contract)
 """
 
+import contextlib
 import json
+import time
 
+import trainer
 from trainer import filesystem
 
 write_json = filesystem.write_json
+
+
+class Timings:
+    """Where this launch's wall time went, for report.json["timing"] (seconds).
+
+    training = inside the compiled training calls (the first one includes tracing);
+    evaluation = validation loss; generation = the sample generations; export =
+    the TF and PyTorch exports; report = report card, plot and report.json;
+    first_step = from process start to the end of the first training call.
+    """
+
+    PARTS = ("training", "evaluation", "generation", "export", "report")
+
+    def __init__(self):
+        self.seconds = dict.fromkeys(self.PARTS, 0.0)
+        self.first_step_seconds = None
+
+    @contextlib.contextmanager
+    def part(self, name: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - started
+            if name == "training" and self.first_step_seconds is None:
+                self.first_step_seconds = time.time() - trainer.LAUNCHED_AT
+
+    def as_dict(self) -> dict:
+        wall = time.time() - trainer.LAUNCHED_AT
+        return {"wall_seconds": wall, "first_step_seconds": self.first_step_seconds,
+                **{f"{k}_seconds": v for k, v in self.seconds.items()},
+                "training_share": self.seconds["training"] / max(wall, 1e-9)}
 
 
 class RunLog:

@@ -67,6 +67,7 @@ RULES = {
     "data.block_size": (_int(2), "at least 2 tokens, e.g. 512"),
     "data.batching": (_choice("packed", "padded"), "packed or padded"),
     "data.num_proc": (_int(1), "at least 1"),
+    "data.cache_dir": (_text(allow_empty=True), 'a local folder, or "" for no token cache'),
     "data.prepared_dir": (_text(allow_empty=True), "a folder written by python -m trainer.prepare, or empty"),
     "model.name_or_path": (_text(), "a model folder or hub name, e.g. distilgpt2"),
     "model.tokenizer": (_text(allow_empty=True), "a tokenizer folder or hub name, or empty"),
@@ -106,7 +107,7 @@ RULES = {
     "runtime.cpu_devices": (_int(1, 64), "from 1 to 64"),
     "runtime.precision": (_choice(*PRECISIONS), ", ".join(PRECISIONS)),
     "runtime.xla": (lambda v: isinstance(v, bool), "true or false"),
-    "runtime.steps_per_execution": (_int(1), "at least 1 (50-200 on a TPU)"),
+    "runtime.steps_per_execution": (_int(1, optional=True), "at least 1, or unset to size it by step time"),
     "runtime.tpu": (lambda v: isinstance(v, str), "a TPU name or grpc:// address, or empty"),
 }
 

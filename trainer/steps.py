@@ -12,26 +12,37 @@ from trainer import faults
 from trainer.data import IGNORE_INDEX
 
 
-def token_sums(logits, labels):
-    """(loss_sum, supervised_count, correct_count) over the supervised positions.
+def token_sums(logits, labels, with_accuracy: bool = True):
+    """(loss_sum, supervised_count[, correct_count]) over the supervised positions.
 
-    Position t predicts token t+1: logits[:, :-1] are scored against
-    labels[:, 1:]. This is the one and only shift; the data never pre-shifts.
+    Position t predicts token t+1. The labels are shifted left by one, with
+    IGNORE_INDEX in the freed last column, instead of slicing logits[:, :-1]:
+    the slice copied the whole [batch, T-1, vocab] float32 tensor at every
+    step (4 x 50,257 x 511 x 4 bytes = 411 MB at distilgpt2's batch 4, 512
+    tokens). This is the one and only shift; the data never pre-shifts.
+    The accuracy's argmax reads the full logits again, so only evaluation asks for it.
     """
     import tensorflow as tf
 
-    logits = tf.cast(logits[:, :-1], tf.float32)
-    targets = labels[:, 1:]
-    mask = tf.cast(targets != IGNORE_INDEX, tf.float32)
-    safe_targets = tf.where(targets == IGNORE_INDEX, tf.zeros_like(targets), targets)
+    logits = tf.cast(logits, tf.float32)  # a no-op in float32; bfloat16 logits are scored in float32
+    targets = tf.concat([labels[:, 1:], tf.fill([tf.shape(labels)[0], 1], tf.cast(IGNORE_INDEX, labels.dtype))],
+                        axis=1)
+    supervised = targets != IGNORE_INDEX
+    mask = tf.cast(supervised, tf.float32)
+    safe_targets = tf.where(supervised, targets, tf.zeros_like(targets))
     losses = tf.nn.sparse_softmax_cross_entropy_with_logits(safe_targets, logits)
+    sums = (tf.reduce_sum(losses * mask), tf.reduce_sum(mask))
+    if not with_accuracy:
+        return sums
     correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=targets.dtype), targets), tf.float32)
-    return tf.reduce_sum(losses * mask), tf.reduce_sum(mask), tf.reduce_sum(correct * mask)
+    return sums + (tf.reduce_sum(correct * mask),)
 
 
 def _logits(model, batch, training):
+    # use_cache=False: the key/value cache is for generation; the loss path would
+    # otherwise build and return a [2, batch, heads, T, head_dim] tensor per layer.
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                 training=training).logits
+                 use_cache=False, training=training).logits
 
 
 def _replica_step_fn(model, optimizer, strategy, grad_accum_steps: int, max_grad_norm: float,
@@ -49,12 +60,12 @@ def _replica_step_fn(model, optimizer, strategy, grad_accum_steps: int, max_grad
         so it is the part XLA compiles (runtime.xla)."""
         variables = model.trainable_variables
         with tf.GradientTape() as tape:
-            part_loss, _, part_correct = token_sums(_logits(model, part, True), part["labels"])
+            part_loss, _ = token_sums(_logits(model, part, True), part["labels"], with_accuracy=False)
             scaled = part_loss / denominator * scale
         part_grads = tape.gradient(scaled, variables)
         part_grads = [tf.convert_to_tensor(g) if g is not None else tf.zeros_like(v)
                       for g, v in zip(part_grads, variables)]
-        return part_loss, part_correct, part_grads
+        return part_loss, part_grads
 
     compute = tf.function(micro_batch, jit_compile=True) if xla else micro_batch
 
@@ -67,13 +78,11 @@ def _replica_step_fn(model, optimizer, strategy, grad_accum_steps: int, max_grad
         # [rows, T] -> [grad_accum_steps, rows / grad_accum_steps, T]
         micro = {k: tf.reshape(v, [grad_accum_steps, -1, v.shape[-1]]) for k, v in batch.items()}
         grads = [tf.zeros_like(v) for v in variables]
-        loss_sum = correct = tf.constant(0.0)
+        loss_sum = tf.constant(0.0)
         for i in tf.range(grad_accum_steps):
-            part_loss, part_correct, part_grads = compute({k: v[i] for k, v in micro.items()},
-                                                          denominator, scale)
+            part_loss, part_grads = compute({k: v[i] for k, v in micro.items()}, denominator, scale)
             grads = [g + pg for g, pg in zip(grads, part_grads)]
             loss_sum += part_loss
-            correct += part_correct
         grads = ctx.all_reduce(SUM, grads)
         if loss_scale:
             grads = [g / scale for g in grads]
@@ -90,7 +99,7 @@ def _replica_step_fn(model, optimizer, strategy, grad_accum_steps: int, max_grad
         if loss_scale:  # an overflow step was skipped by the optimizer: not a divergence
             grad_norm = tf.where(tf.math.is_finite(grad_norm), grad_norm, 0.0)
         tokens = tf.reduce_sum(tf.cast(batch["attention_mask"], tf.float32))
-        return {"loss_sum": loss_sum, "count": local_count, "correct": correct, "tokens": tokens,
+        return {"loss_sum": loss_sum, "count": local_count, "tokens": tokens,
                 "grad_norm": grad_norm / strategy.num_replicas_in_sync}
 
     return replica_step
@@ -100,7 +109,7 @@ def make_train_step(model, optimizer, strategy, grad_accum_steps: int, max_grad_
                     xla: bool = False):
     """A tf.function taking one distributed global batch and applying one update.
 
-    Returns global sums (loss_sum, count, correct, tokens) and the pre-clip
+    Returns global sums (loss_sum, count, tokens) and the pre-clip
     global gradient norm. A non-finite norm means this update wrote NaN/Inf
     into the weights: the caller must stop before saving them.
     """
@@ -121,26 +130,34 @@ def make_train_loop(model, optimizer, strategy, grad_accum_steps: int, max_grad_
                     xla: bool = False):
     """train_loop(iterator, num_steps, stop_requested) -> (sums over the steps, stop_agreed).
 
-    Several updates per call (runtime.steps_per_execution): a TPU idles during a
-    host round trip, so the loop over steps runs on the device. num_steps is a
-    tensor, so a shorter last call (to land on an evaluation step) reuses the
-    same compiled function. stop_requested is this worker's flag; the returned
-    count is summed over every replica of every worker, so all workers agree on
-    stopping at the same step (nobody is left waiting in a collective)."""
+    Several updates per call (runtime.steps_per_execution): the sums stay on the
+    device and the host reads them once per call, so steps are queued back to
+    back (a TPU idles during a host round trip). num_steps is a tensor, so a
+    shorter last call (to land on an evaluation step) reuses the same compiled
+    function. The loop ends early after a step whose loss or gradient norm is
+    not finite; sums["steps"] says how many ran. stop_requested is this worker's
+    flag; the returned count is summed over every replica of every worker, so
+    all workers agree on stopping at the same step (nobody is left waiting in a
+    collective)."""
     import tensorflow as tf
 
     SUM = tf.distribute.ReduceOp.SUM
     replica_step = _replica_step_fn(model, optimizer, strategy, grad_accum_steps, max_grad_norm, xla)
-    keys = ("loss_sum", "count", "correct", "tokens", "grad_norm")
+    keys = ("loss_sum", "count", "tokens", "grad_norm")
 
     @tf.function
     def train_loop(iterator, num_steps, stop_requested):
         totals = {k: tf.constant(0.0) for k in keys}
+        ran = tf.constant(0.0)
         for _ in tf.range(num_steps):
             out = strategy.run(replica_step, args=(next(iterator),))
-            totals = {k: totals[k] + strategy.reduce(SUM, out[k], axis=None) for k in keys}
+            out = {k: strategy.reduce(SUM, out[k], axis=None) for k in keys}
+            totals = {k: totals[k] + out[k] for k in keys}
+            ran += 1.0
+            if tf.logical_not(tf.math.is_finite(out["loss_sum"]) & tf.math.is_finite(out["grad_norm"])):
+                break  # every replica saw the same reduced figures, so every worker stops here
         votes = strategy.reduce(SUM, strategy.run(tf.identity, args=(stop_requested,)), axis=None)
-        return totals, votes
+        return {**totals, "steps": ran}, votes
 
     return train_loop
 

@@ -188,6 +188,7 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
     # folder that is not a run is refused before any data is read. A gs:// bucket
     # is checked first: TensorFlow retries forever on a missing one.
     config = settings.resolve(config)
+    timings = reporting.Timings()
     output_dir = config.output_dir
     cluster = distribution.cluster()
     chief = cluster.is_chief  # the only process that writes to output_dir
@@ -206,7 +207,7 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
     import tensorflow as tf
 
     strategy = distribution.get_strategy(config.runtime, log)
-    distribution.set_precision(config.runtime)
+    precision = distribution.set_precision(config.runtime, strategy, log)
 
     # ------------------------------------------------------------------ settings, data, tokens, plan
     if not chief and config.model.bootstrap_tiny:
@@ -253,7 +254,7 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
         model, loaded_from = model_lib.load_model(name_or_path, log)
         model_lib.match_vocabulary(model, tokenizer, log)
         optimizer = optimization.make_optimizer(plan, config.optim,
-                                                loss_scaling=distribution.uses_loss_scaling(config.runtime))
+                                                loss_scaling=distribution.uses_loss_scaling(precision))
         # Slots exist before a restore, so it fills them at once (no deferred restore,
         # no "value in checkpoint could not be found" warnings when nothing trains).
         optimizer.build(model.trainable_variables)
@@ -294,11 +295,13 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
     def evaluate_at(at_step: int, stop) -> bool:
         """Validation, samples, monitors and the best weights; True when early stopping says stop.
         Every worker evaluates (the sums are all-reduced); only the chief generates and logs."""
-        metrics = evaluation.evaluate(eval_step, val_data, should_stop=lambda: stop.signal)
+        with timings.part("evaluation"):
+            metrics = evaluation.evaluate(eval_step, val_data, should_stop=lambda: stop.signal)
         if metrics is None:
             raise _Abandoned()
-        samples = evaluation.sample_generations(model, tokenizer, prompts, config.eval.max_new_tokens,
-                                                config.seed) if chief else []
+        with timings.part("generation"):
+            samples = evaluation.sample_generations(model, tokenizer, prompts, config.eval.max_new_tokens,
+                                                    config.seed) if chief else []
         if distribution.agree(strategy, bool(stop.signal)):
             raise _Abandoned()
         health = diagnosis.generation_health(samples, training_ngrams) if chief else {}
@@ -334,7 +337,7 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
         # Training scalars are means over the steps since the last log point; the
         # sums live in the run state so a resumed run logs the same figures.
         window = state["window"]
-        for k in ("loss_sum", "count", "correct", "tokens", "grad_norm"):
+        for k in ("loss_sum", "count", "tokens", "grad_norm"):
             window[k] = window.get(k, 0.0) + out[k]
         window["steps"] = window.get("steps", 0) + steps
         window["seconds"] = window.get("seconds", 0.0) + seconds
@@ -347,7 +350,7 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
         lr = optimization.lr_value(at_step - 1, plan, config.optim)
         run_log.scalars("train", at_step, {
             "loss": loss, "perplexity": math.exp(min(loss, 50.0)),
-            "accuracy": window["correct"] / max(window["count"], 1.0), "learning_rate": lr,
+            "learning_rate": lr,
             "grad_norm": window["grad_norm"] / window["steps"],
             "tokens_per_sec": window["tokens"] / max(window["seconds"], 1e-9)})
         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
@@ -369,14 +372,22 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
             iterator = None if done else iter(data_lib.distributed_train_data(
                 strategy, prep.train_source, config.train.batch_size, plan.steps_per_epoch, plan.total_steps,
                 step, config.seed))
+            # runtime.steps_per_execution=None: one step per call until the second call has
+            # timed a step (the first one traces), then as many as fit in ~2 s.
+            per_call, calls = config.runtime.steps_per_execution or 1, 0
             while not done:
-                faults.point("train_step", step + 1)
-                steps = min(config.runtime.steps_per_execution, next_stop(step) - step)
+                steps = min(per_call, next_stop(step) - step)
+                faults.point("train_step", step + 1, step + steps)
                 started = time.perf_counter()
-                out, votes = train_loop(iterator, tf.constant(steps), tf.constant(1.0 if stop.signal else 0.0))
-                out = {k: float(v) for k, v in out.items()}
+                with timings.part("training"):
+                    out, votes = train_loop(iterator, tf.constant(steps), tf.constant(1.0 if stop.signal else 0.0))
+                    out = {k: float(v) for k, v in out.items()}  # the call's one read back to the host
                 seconds = time.perf_counter() - started
+                steps = int(out.pop("steps"))  # fewer than asked when a step was not finite
                 step += steps
+                calls += 1
+                if calls == 2 and not config.runtime.steps_per_execution:
+                    per_call = distribution.steps_per_call(strategy, seconds / steps, config.train.log_every_steps)
                 if not (math.isfinite(out["loss_sum"]) and math.isfinite(out["grad_norm"])):
                     bar.close()
                     latest = checkpoints.latest
@@ -420,8 +431,9 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
 
     # ------------------------------------------------------------------ best weights, export, report
     best_step = checkpoints.restore_best()
-    model_lib.export_tf(model, tokenizer, layout.export)
-    model_lib.export_pytorch(model, tokenizer, layout.export_pytorch)
+    with timings.part("export"):
+        model_lib.export_tf(model, tokenizer, layout.export)
+        model_lib.export_pytorch(model, tokenizer, layout.export_pytorch)
     validation_points = run_log.points("validation")
     last_val_loss = validation_points[-1]["loss"] if validation_points else float("nan")
     initial, best = state["initial_val_loss"], state["best_val_loss"]
@@ -445,7 +457,7 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
                   "parameters": model_lib.count_parameters(model)},
         "data": data_stats,
         "distribution": {"strategy": distribution.class_name(strategy), "replicas": strategy.num_replicas_in_sync,
-                         "workers": cluster.workers, "precision": config.runtime.precision},
+                         "workers": cluster.workers, "precision": precision},
         "export_dir": layout.export,
         "export_pytorch_dir": layout.export_pytorch,
         "logs_dir": layout.logs,
@@ -458,8 +470,10 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
         plan.steps_per_epoch, plan.epochs, findings)
     report["monitors"] = sorted(state["monitors"])
     report["samples"] = state["samples"]
-    reporting.write_report_card(output_dir, report, resolved, findings)
+    with timings.part("report"):
+        reporting.write_report_card(output_dir, report, resolved, findings)
     hypertune.report(best, step)  # the trial's result: the exported (best) model's loss
+    report["timing"] = timings.as_dict()  # this launch only; a resumed run's earlier launches are not in it
     filesystem.write_json(report["report_path"], report)  # last: its presence means "complete"
     for line in reporting.summary_lines(report):
         log(line)
