@@ -123,6 +123,18 @@ def test_plan_derives_what_is_unset_and_keeps_what_is_set():
     assert "optim.learning_rate" not in p.derived
 
 
+def test_evaluation_interval_keeps_a_validation_pass_under_a_tenth_of_the_training_between():
+    config = default.get_config()
+    config.data.block_size, config.train.batch_size = 512, 8  # 4,096 tokens/step
+    p = optimization.plan_training(config, train_rows=24_000, n_embd=768, val_tokens=1_000)
+    assert p.eval_every_steps == 150  # 3,000 steps / 20: a small validation set changes nothing
+    p = optimization.plan_training(config, train_rows=24_000, n_embd=768, val_tokens=400_000)
+    assert p.eval_every_steps == 326  # 400,000 / (3 x 0.1 x 4,096) = 325.5
+    assert "costs at most 10%" in p.derived["train.eval_every_steps"]
+    p = optimization.plan_training(config, train_rows=800, n_embd=768, val_tokens=400_000)
+    assert p.eval_every_steps == p.steps_per_epoch == 100  # still at least one per epoch
+
+
 def test_plan_refuses_data_smaller_than_one_batch():
     config = default.get_config()
     with pytest.raises(UserError, match="fewer than one batch"):

@@ -37,6 +37,11 @@ LR_RANGE_FROM_SCRATCH = (1e-4, 3e-3)
 DEFAULT_EPOCHS = 3
 MIN_STEPS, MAX_STEPS_TARGET, MAX_EPOCHS = 300, 3000, 10
 EVALS_PER_RUN = 20
+# A validation pass may cost at most this share of the training between two
+# evaluations. Per token, a forward pass costs ~1/3 of a training step (2N of 6N
+# FLOPs), so an interval of k steps needs k >= val_tokens / (3 x 0.1 x tokens/step):
+# 400k validation tokens at 4,096 tokens/step -> every 326 steps or more.
+MAX_EVAL_SHARE = 0.1
 
 SCHEDULES = ("linear", "cosine", "inverse_sqrt", "constant")
 
@@ -76,7 +81,7 @@ def derived_epochs(steps_per_epoch: int) -> int:
     return DEFAULT_EPOCHS
 
 
-def plan_training(config, train_rows: int, n_embd: int) -> TrainingPlan:
+def plan_training(config, train_rows: int, n_embd: int, val_tokens: int = 0) -> TrainingPlan:
     """Resolve steps, epochs, learning rate and intervals for this corpus and model.
 
     A model built by model.bootstrap_tiny counts as randomly initialised.
@@ -121,9 +126,14 @@ def plan_training(config, train_rows: int, n_embd: int) -> TrainingPlan:
         derived["optim.warmup_steps"] = f"{warmup}: {o.warmup_ratio:g} x {total_steps} steps"
     eval_every = t.eval_every_steps
     if eval_every is None:
-        eval_every = max(1, min(steps_per_epoch, math.ceil(total_steps / EVALS_PER_RUN)))
-        derived["train.eval_every_steps"] = (f"{eval_every}: about {EVALS_PER_RUN} evaluations over "
-                                             f"{total_steps} steps, at least one per epoch")
+        by_count = math.ceil(total_steps / EVALS_PER_RUN)
+        by_cost = math.ceil(val_tokens / (3 * MAX_EVAL_SHARE * tokens_per_step))
+        eval_every = max(1, min(steps_per_epoch, max(by_count, by_cost)))
+        derived["train.eval_every_steps"] = (
+            f"{eval_every}: about {EVALS_PER_RUN} evaluations over {total_steps} steps"
+            + (f", fewer so that a pass over {val_tokens:,} validation tokens costs at most "
+               f"{MAX_EVAL_SHARE:.0%} of the training between two" if by_cost > by_count else "")
+            + ", at least one per epoch")
     ckpt_every = t.checkpoint_every_steps or eval_every
     return TrainingPlan(steps_per_epoch=steps_per_epoch, epochs=epochs, total_steps=total_steps,
                         warmup_steps=int(warmup), learning_rate=float(lr),
