@@ -77,11 +77,15 @@ def _replica_step_fn(model, optimizer, strategy, grad_accum_steps: int, max_grad
         scale = tf.cast(optimizer.loss_scale, tf.float32) if loss_scale else tf.constant(1.0)
         # [rows, T] -> [grad_accum_steps, rows / grad_accum_steps, T]
         micro = {k: tf.reshape(v, [grad_accum_steps, -1, v.shape[-1]]) for k, v in batch.items()}
-        grads = [tf.zeros_like(v) for v in variables]
-        loss_sum = tf.constant(0.0)
-        for i in tf.range(grad_accum_steps):
-            part_loss, part_grads = compute({k: v[i] for k, v in micro.items()}, denominator, scale)
-            grads = [g + pg for g, pg in zip(grads, part_grads)]
+        # Unrolled at trace time, one micro-batch after the other (control dependencies,
+        # so only one micro-batch's activations are alive at a time). A tf.range loop here,
+        # nested in the train loop's, failed on 6-layer models with AlreadyExistsError on a
+        # Grappler "AddOpsRewrite/tmp_var" at the first training call.
+        grads, loss_sum = None, tf.constant(0.0)
+        for i in range(grad_accum_steps):
+            with tf.control_dependencies(grads or []):
+                part_loss, part_grads = compute({k: v[i] for k, v in micro.items()}, denominator, scale)
+            grads = part_grads if grads is None else [g + pg for g, pg in zip(grads, part_grads)]
             loss_sum += part_loss
         grads = ctx.all_reduce(SUM, grads)
         if loss_scale:
