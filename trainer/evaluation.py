@@ -46,6 +46,11 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int, seed: int = 0, 
     return tokenizer.decode(new_tokens, skip_special_tokens=True)
 
 
+# The nucleus is drawn from the 1,000 most likely tokens: sorting all 50,257 at each
+# token cost 27% of a generation (small model: 1.39 -> 1.02 s for 3 x 40 tokens).
+CANDIDATES = 1000
+
+
 @functools.lru_cache(maxsize=4)
 def _sampler(model):
     """A compiled (graph-mode) nucleus sampler with a key/value cache, one per model.
@@ -67,10 +72,9 @@ def _sampler(model):
                     use_cache=True, training=False)
 
         def pick(logits, i):
-            """Nucleus sampling: the smallest set of tokens holding top_p of the probability."""
-            logits = tf.cast(logits, tf.float32) / temperature
-            order = tf.argsort(logits, direction="DESCENDING")
-            ranked = tf.gather(logits, order, batch_dims=1)
+            """Nucleus sampling: the smallest set of (candidate) tokens holding top_p of the probability."""
+            k = tf.minimum(CANDIDATES, tf.shape(logits)[-1])
+            ranked, order = tf.math.top_k(tf.cast(logits, tf.float32) / temperature, k=k)
             before = tf.cumsum(tf.nn.softmax(ranked), axis=-1, exclusive=True)  # mass of better tokens
             ranked = tf.where(before < top_p, ranked, float("-inf"))  # the best token always stays
             choice = tf.random.stateless_categorical(ranked, 1, seed=tf.stack([seed, i]), dtype=tf.int32)
@@ -98,7 +102,7 @@ def _sampler(model):
 
 
 def sample_generations(model, tokenizer, prompts, max_new_tokens: int, seed: int) -> list[dict]:
-    """Seeded nucleus samples (top_p 0.9, temperature 0.8), comparable across evaluations.
+    """Seeded nucleus samples (top_p 0.9 of the 1,000 likeliest tokens, temperature 0.8), comparable across evaluations.
 
     All prompts go in one left-padded batch: one decoding loop instead of one per
     prompt (GPT-2 derives position ids from the attention mask, so left padding
