@@ -102,7 +102,8 @@ def _sampler(model):
 
 
 def sample_generations(model, tokenizer, prompts, max_new_tokens: int, seed: int) -> list[dict]:
-    """Seeded nucleus samples (top_p 0.9 of the 1,000 likeliest tokens, temperature 0.8), comparable across evaluations.
+    """Seeded nucleus samples (top_p 0.9 of the 1,000 likeliest tokens, temperature 0.8),
+    comparable across evaluations.
 
     All prompts go in one left-padded batch: one decoding loop instead of one per
     prompt (GPT-2 derives position ids from the attention mask, so left padding

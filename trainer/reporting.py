@@ -21,14 +21,19 @@ class Timings:
     training = inside the compiled training calls (the first one includes tracing);
     evaluation = validation loss; generation = the sample generations; export =
     the TF and PyTorch exports; report = report card, plot and report.json;
-    first_step = from process start to the end of the first training call.
+    startup = from process start to the step-0 evaluation (imports, data, tokenizer,
+    doctor, model); first_step = from process start to the end of the first
+    training call (startup + the base model's evaluation + the first call's tracing).
     """
 
     PARTS = ("training", "evaluation", "generation", "export", "report")
 
     def __init__(self):
         self.seconds = dict.fromkeys(self.PARTS, 0.0)
-        self.first_step_seconds = None
+        self.first_step_seconds = self.startup_seconds = None
+
+    def started_training(self):
+        self.startup_seconds = time.time() - trainer.LAUNCHED_AT
 
     @contextlib.contextmanager
     def part(self, name: str):
@@ -42,7 +47,8 @@ class Timings:
 
     def as_dict(self) -> dict:
         wall = time.time() - trainer.LAUNCHED_AT
-        return {"wall_seconds": wall, "first_step_seconds": self.first_step_seconds,
+        return {"wall_seconds": wall, "startup_seconds": self.startup_seconds,
+                "first_step_seconds": self.first_step_seconds,
                 **{f"{k}_seconds": v for k, v in self.seconds.items()},
                 "training_share": self.seconds["training"] / max(wall, 1e-9)}
 

@@ -365,6 +365,7 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
     # host acts -> stop if non-finite (before any save) -> log -> on an agreed stop
     # request save and exit -> evaluate when due (best weights first) -> save the
     # state (which names the best) when due.
+    timings.started_training()
     bar = reporting.progress_bar(plan.total_steps, step, enabled=chief)
     with _StopRequest() as stop:
         try:
