@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/local.py
 
-.PHONY: install train-local test tensorboard clean
+.PHONY: install train-local test bench tensorboard clean
 
 install: $(STAMP)
 
@@ -22,6 +22,11 @@ train-local: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# Training speed: the usual Keras recipe, run_clm and tunewell side by side
+# (bench/results.json, bench/speed.md; about 13 minutes on 2 cores).
+bench: $(STAMP)
+	$(PY) bench/bench_speed.py
 
 # TensorBoard on every run under runs/ (http://localhost:6006).
 tensorboard: $(STAMP)
