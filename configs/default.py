@@ -166,7 +166,8 @@ def get_config():
     # "mixed_float16" (the loss is scaled so small gradients survive float16's range).
     config.runtime.precision = "auto"
     # Compile the training step with XLA (tf.function(jit_compile=True)). Off:
-    # on these CPUs it gave no speed-up (bench/README); a TPU compiles anyway.
+    # on a 2-core CPU it made a distilgpt2-shaped bfloat16 step 2.2x slower
+    # (README "Speed"); a TPU compiles everything anyway.
     config.runtime.xla = False
     # Optimizer steps per call into the compiled step; the host reads the
     # metrics once per call. None = one step per call until a step is timed,
