@@ -61,7 +61,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # runs from a clone whether or not the package is installed in the venv
 
 import trainer  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from bench_memory import document, make_vocabulary  # noqa: E402  (one made-up language for the benches)
+from bench_memory import commit, document, make_vocabulary  # noqa: E402  (one made-up language for the benches)
 
 WORK = os.path.join(REPO, "bench", ".work")
 # The trainer keeps tokenized corpora in data.cache_dir (default ~/.cache/tunewell).
@@ -675,7 +675,7 @@ def markdown(result: dict, plans: dict, first_step_model: str, load: list[float]
     m, peaks, records = result["machine"], result["matmul_peak_gflops"], result["records"]
     lines = [
         "# Training speed (bench/bench_speed.py)", "",
-        f"{m['cpu']}, {m['cores']} cores. Matmul peak (4096 x 4096, best of 5): float32 {peaks['float32']:,.0f} "
+        f"Commit {commit()}; {m['cpu']}, {m['cores']} cores. Matmul peak (4096 x 4096, best of 5): float32 {peaks['float32']:,.0f} "
         f"GFLOP/s, bfloat16 {peaks['bfloat16']:,.0f} GFLOP/s. {minutes:.0f} minutes in all; load average "
         f"{load[0]:.1f} before and {load[1]:.1f} after (other work on the cores slows every figure).", "",
         "Randomly initialised models on a generated corpus (document lengths lognormal, median "
