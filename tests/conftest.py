@@ -128,5 +128,6 @@ def cli_args(config, **overrides):
               "train.batch_size": config.train.batch_size, "train.epochs": config.train.epochs,
               "optim.learning_rate": config.optim.learning_rate,
               "eval.max_new_tokens": config.eval.max_new_tokens, "eval.num_prompts": config.eval.num_prompts,
+              "runtime.precision": config.runtime.precision, "data.cache_dir": config.data.cache_dir,
               **overrides}
     return ["--config=configs/default.py"] + [f"--config.{k}={v}" for k, v in values.items()]

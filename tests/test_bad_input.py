@@ -178,8 +178,8 @@ def test_resume_uses_the_stored_plan_when_the_rules_change(interrupted_run, monk
 
     stored = json.load(open(os.path.join(interrupted_run.output_dir, "config.json")))["plan"]
     plan_training = optimization.plan_training
-    monkeypatch.setattr(optimization, "plan_training", lambda *a: dataclasses.replace(
-        plan_training(*a), warmup_steps=stored["warmup_steps"] + 30))
+    monkeypatch.setattr(optimization, "plan_training", lambda *a, **k: dataclasses.replace(
+        plan_training(*a, **k), warmup_steps=stored["warmup_steps"] + 30))
     report = train.train_and_evaluate(interrupted_run, log=quiet)
     expected = optimization.TrainingPlan(**stored, derived={})
     logged = {p["step"]: p["learning_rate"] for p in report["history"]["train"]}
