@@ -3,10 +3,11 @@
 Kept short on purpose: it parses flags and calls train.train_and_evaluate.
 """
 
+import os
 import sys
 
 import trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from trainer import settings
@@ -53,7 +54,6 @@ def unknown_key_message(argv) -> str:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from absl import logging
 
     from trainer import distribution, train  # after flag parsing: --help stays fast
 
@@ -70,6 +70,18 @@ def main(argv):
     except distribution.PeerLost as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    _exit_finished()
+
+
+def _exit_finished():
+    """After a finished run, leave without the interpreter's teardown of TensorFlow's
+    runtime, which took ~1.9 s (5% of make train-local) with nothing left to do: the
+    TensorBoard writers, checkpoints, exports and report.json are all closed by then.
+    Runs that stop on an error or a signal take the ordinary exit."""
+    logging.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
