@@ -83,7 +83,6 @@ MODELS = {
 }
 GPT2_VOCABULARY, GPT2_POSITIONS = 50_257, 1024
 BPE_VOCABULARY = 8_192
-EOS = "<|endoftext|>"
 # Document lengths in tokens: lognormal, median e^mu = 120, sigma 0.9 puts the
 # mean at 120 x e^(0.9^2 / 2) = 180 and 1 document in 50 above 760 tokens
 # (e^(ln 120 + 2.05 x 0.9)), so a 512-token row often holds one long document.
@@ -201,51 +200,22 @@ def model_dir(name: str) -> str:
     return os.path.join(WORK, "models", name)
 
 
-def publish(folder: str, write) -> None:
-    """write(tmp) then rename: a cached folder is complete or absent."""
-    tmp = folder + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
-    os.replace(tmp, folder)
-
-
 def build_bpe(folder: str, documents: list[str]) -> None:
     """A BPE_VOCABULARY-token byte-level BPE (GPT-2's scheme) with EOS, trained on `documents`."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2TokenizerFast
+    from trainer import filesystem, model as model_lib
 
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(documents, trainers.BpeTrainer(
-        vocab_size=BPE_VOCABULARY, special_tokens=[EOS], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = GPT2TokenizerFast(tokenizer_object=bpe, bos_token=EOS, eos_token=EOS, unk_token=EOS,
-                                  model_max_length=GPT2_POSITIONS)
-    publish(folder, tokenizer.save_pretrained)
+    tokenizer = model_lib.train_tokenizer(documents, BPE_VOCABULARY, GPT2_POSITIONS)
+    filesystem.publish_dir(folder, tokenizer.save_pretrained)
 
 
 def build_gpt2(folder: str, shape: dict, tokenizer_folder: str) -> None:
     """A randomly initialised GPT-2 of `shape` with GPT-2's vocabulary and positions, saved with
     the tokenizer like a downloaded checkpoint (tf_model.h5 + config + tokenizer files)."""
-    import tensorflow as tf
-    from transformers import GPT2Config, TFGPT2LMHeadModel
-
     from trainer import model as model_lib
 
-    tokenizer = model_lib.load_tokenizer(tokenizer_folder)
-    config = GPT2Config(vocab_size=GPT2_VOCABULARY, n_positions=GPT2_POSITIONS, n_layer=shape["n_layer"],
-                        n_embd=shape["n_embd"], n_head=shape["n_head"],
-                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
-    tf.keras.utils.set_random_seed(SEED)
-    model = TFGPT2LMHeadModel(config)
-    model.build_in_name_scope()
-
-    def write(tmp):
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-
-    publish(folder, write)
+    model_lib.save_random_gpt2(folder, model_lib.load_tokenizer(tokenizer_folder), SEED,
+                               vocab_size=GPT2_VOCABULARY, n_positions=GPT2_POSITIONS, n_layer=shape["n_layer"],
+                               n_embd=shape["n_embd"], n_head=shape["n_head"])
 
 
 def setup(names: list[str]) -> dict:

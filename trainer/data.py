@@ -202,14 +202,9 @@ def tokenize(documents: list[str], tokenizer, num_proc: int = 1, desc: str = "To
     tokenized again and replaced.
     """
     path = _token_cache_path(documents, tokenizer, cache_dir) if cache_dir else None
-    if path and os.path.exists(path):
-        try:
-            with np.load(path) as cached:
-                ids, ends = cached["ids"], cached["ends"]
-            if len(ends) == len(documents):
-                return np.split(ids, ends[:-1]) if len(ends) else []
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-            pass  # damaged: tokenize again and replace it below
+    cached = _read_token_cache(path, len(documents)) if path else None
+    if cached is not None:
+        return cached
     import datasets
 
     eos = tokenizer.eos_token_id
@@ -235,6 +230,19 @@ def _token_cache_path(documents: list[str], tokenizer, cache_dir: str) -> str:
         key.update(text.encode("utf-8", "surrogatepass"))
         key.update(b"\0")  # ["ab", "c"] and ["a", "bc"] are different corpora
     return os.path.join(os.path.expanduser(cache_dir), "tokens", key.hexdigest() + ".npz")
+
+
+def _read_token_cache(path: str, documents: int) -> list[np.ndarray] | None:
+    """The cached ids, or None when there is no entry or it is damaged (a disk error, a
+    copy cut short): the caller then tokenizes again and replaces it."""
+    try:
+        with np.load(path) as cached:
+            ids, ends = cached["ids"], cached["ends"]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
+    if len(ends) != documents:
+        return None
+    return np.split(ids, ends[:-1]) if len(ends) else []
 
 
 def _write_token_cache(path: str, token_ids: list[np.ndarray]) -> None:
