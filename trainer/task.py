@@ -25,30 +25,8 @@ def parse_flags(argv):
     except flags.Error as e:  # wrong type, malformed value
         print(f"error: {e}", file=sys.stderr)
     except (AttributeError, KeyError):  # a key the schema does not have
-        print(f"error: {unknown_key_message(argv)}", file=sys.stderr)
+        print(f"error: {settings.unknown_key_message(argv)}", file=sys.stderr)
     sys.exit(2)
-
-
-def unknown_key_message(argv) -> str:
-    """Name the override that is not in the schema, and the nearest real keys."""
-    import difflib
-    import importlib.util
-
-    path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "")
-    spec = importlib.util.spec_from_file_location("_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    known = list(settings.flatten(module.get_config()))
-    for arg in argv:
-        if arg.startswith("--config.") and "=" in arg:
-            key = arg[len("--config."):].split("=", 1)[0]
-            if key not in known:
-                # Same field name in another section first (train.learning_rate -> optim.learning_rate).
-                near = [k for k in known if k.endswith("." + key.rsplit(".", 1)[-1])] or \
-                    difflib.get_close_matches(key, known, n=2, cutoff=0.6)
-                hint = f" Did you mean {' or '.join('--config.' + k for k in near)}?" if near else ""
-                return f"--config.{key} is not a config key (see configs/default.py).{hint}"
-    return "a --config override names a key that configs/default.py does not define."
 
 
 def main(argv):
