@@ -4,19 +4,27 @@ The stack below was checked to install and train together on Python 3.11.
 README.md ("Dependencies") says why each package is here.
 """
 
+import os
+
 from setuptools import find_packages, setup
+
+# Container images install TensorFlow themselves (tensorflow[and-cuda] 2.21, or
+# tensorflow-tpu 2.20 with libtpu, which pip must not pair with a second `tensorflow`
+# distribution): deploy/Dockerfile sets this while installing the rest.
+TENSORFLOW = [] if os.environ.get("TUNEWELL_TENSORFLOW_PROVIDED") == "1" else [
+    # 2.21, and 2.20 for TPU images (tensorflow-tpu on PyPI stops at 2.20); tf-keras pins the
+    # matching TensorFlow itself, so pip cannot pair the wrong two.
+    "tensorflow>=2.20,<2.22",
+    "tf-keras>=2.20,<2.22",
+]
 
 setup(
     name="tunewell",
     version="0.1.0",
     description="Fine-tune GPT-2-family causal language models with TensorFlow, correct by default.",
     python_requires=">=3.10,<3.13",
-    packages=find_packages(include=["trainer", "trainer.*", "configs", "configs.*"]),
-    install_requires=[
-        # 2.21, and 2.20 for TPU images (tensorflow-tpu on PyPI stops at 2.20); tf-keras pins the
-        # matching TensorFlow itself, so pip cannot pair the wrong two.
-        "tensorflow>=2.20,<2.22",
-        "tf-keras>=2.20,<2.22",
+    packages=find_packages(include=["trainer", "trainer.*", "configs", "configs.*", "deploy", "deploy.*"]),
+    install_requires=TENSORFLOW + [
         "transformers>=4.57,<5",
         "tokenizers>=0.20",
         "safetensors>=0.4.5",
@@ -32,7 +40,10 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        "test": ["pytest>=8", "gcp-storage-emulator>=2026.7"],  # emulator: tests/gcs_server.py
+        # Vertex AI launcher (deploy/vertex.py): its specs are checked against this library's v1 protos.
+        "deploy": ["google-cloud-aiplatform>=1.70"],
+        # emulator: tests/gcs_server.py; aiplatform: tests/test_deploy_vertex.py parses specs with it.
+        "test": ["pytest>=8", "gcp-storage-emulator>=2026.7", "google-cloud-aiplatform>=1.70"],
         # Reading pytorch_model.bin checkpoints (torch pickles). The CPU build; on the
         # project's machines pip finds it offline in its find-links folder.
         "torch": ["torch==2.13.0"],
