@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/local.py
 
-.PHONY: install train-local test bench tensorboard clean
+.PHONY: install train-local test bench tensorboard clean docker-build docker-build-tpu docker-push \
+	docker-push-tpu docker-smoke
 
 install: $(STAMP)
 
@@ -28,9 +29,46 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/bench_speed.py
 
-# TensorBoard on every run under runs/ (http://localhost:6006).
+# TensorBoard on every run under runs/ (http://localhost:6006), or on LOGDIR
+# (a cloud run: make tensorboard LOGDIR=gs://BUCKET/runs/exp1/logs).
+LOGDIR ?= runs
 tensorboard: $(STAMP)
-	$(VENV)/bin/tensorboard --logdir runs --bind_all
+	$(VENV)/bin/tensorboard --logdir $(LOGDIR) --bind_all
+
+# Containers (deploy/Dockerfile): the image Vertex AI jobs and GPU VMs run.
+# PROJECT defaults to gcloud's; the image goes to Artifact Registry in REGION.
+PROJECT ?= $(shell gcloud config get-value project 2>/dev/null)
+REGION ?= us-central1
+REPOSITORY ?= $(REGION)-docker.pkg.dev/$(PROJECT)/tunewell
+IMAGE ?= $(REPOSITORY)/tunewell:latest
+TPU_IMAGE ?= $(REPOSITORY)/tunewell-tpu:latest
+DOCKER_BUILD_ARGS ?=
+# tensorflow-tpu stops at 2.20 on PyPI; libtpu 0.0.14 is the release its wheel names.
+TPU_BUILD_ARGS := --build-arg "TENSORFLOW_PACKAGES=tensorflow-tpu==2.20.0 libtpu==0.0.14" \
+	--build-arg "KERAS_PACKAGE=tf-keras==2.20.1"
+
+docker-build:
+	docker build -f deploy/Dockerfile -t $(IMAGE) $(DOCKER_BUILD_ARGS) .
+
+docker-build-tpu:
+	docker build -f deploy/Dockerfile -t $(TPU_IMAGE) $(TPU_BUILD_ARGS) $(DOCKER_BUILD_ARGS) .
+
+# Creates the Artifact Registry repository on first use and lets docker log in to it.
+docker-push:
+	gcloud artifacts repositories describe tunewell --location=$(REGION) --project=$(PROJECT) >/dev/null 2>&1 || \
+		gcloud artifacts repositories create tunewell --repository-format=docker --location=$(REGION) \
+		--project=$(PROJECT)
+	gcloud auth configure-docker $(REGION)-docker.pkg.dev --quiet
+	docker push $(IMAGE)
+
+docker-push-tpu:
+	$(MAKE) docker-push IMAGE=$(TPU_IMAGE)
+
+# Builds the image and runs it on the embedded sample exactly as Vertex would start
+# it (tests/test_container.py; a few minutes). Uses the Docker engine it finds, or
+# starts one itself (root with dockerd installed) and stops it afterwards.
+docker-smoke: $(STAMP)
+	$(PY) -m pytest -q -m container tests/test_container.py
 
 clean:
 	rm -rf runs .pytest_cache
