@@ -129,3 +129,16 @@ def test_tpu_strategy_without_a_tpu_says_what_to_do(monkeypatch):
     with pytest.raises(UserError, match="no TPU found"):
         distribution.get_strategy(runtime, log=lambda m: None)
     assert time.monotonic() - started < 30  # no wait on a cloud metadata server
+
+
+def test_a_tpu_vm_resolves_its_own_chips_as_local(monkeypatch):
+    runtime = default.get_config().runtime
+    on_tpu_vm = {"/dev/vfio/0"}
+    monkeypatch.setattr(distribution.os.path, "exists", lambda path: path in on_tpu_vm)
+    assert distribution.tpu_address(runtime, environ={}) == "local"  # a Vertex AI TPU job: no TPU_NAME
+    assert distribution.tpu_address(runtime, environ={"TPU_NAME": "node-1"}) is None  # the resolver reads it
+    runtime.tpu = "grpc://10.0.0.2:8470"
+    assert distribution.tpu_address(runtime, environ={}) == "grpc://10.0.0.2:8470"
+    on_tpu_vm.clear()
+    runtime.tpu = ""
+    assert distribution.tpu_address(runtime, environ={}) is None

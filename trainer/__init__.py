@@ -6,6 +6,7 @@ Keras flavour once, when it is first imported, from TF_USE_LEGACY_KERAS; every
 entry point imports this package first, so this is the one place that sets it.
 """
 
+import importlib.metadata
 import os
 import time
 
@@ -17,5 +18,13 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 # TensorFlow's C++ start-up chatter (CUDA probes on a CPU machine) hides the
 # messages users need; errors still show.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# transformers finds TensorFlow by its distribution's name (tensorflow, tensorflow-cpu,
+# ...), and tensorflow-tpu, the TPU image's, is not on its list: without this every TF
+# model class raises "requires the TensorFlow library" there (seen in make docker-smoke).
+try:
+    importlib.metadata.version("tensorflow")
+except importlib.metadata.PackageNotFoundError:
+    os.environ.setdefault("FORCE_TF_AVAILABLE", "1")
 
 __version__ = "0.1.0"

@@ -272,11 +272,23 @@ def class_name(strategy) -> str:
             "_DefaultDistributionStrategy": "default"}.get(name, name)
 
 
+def tpu_address(runtime_config, environ=None):
+    """What to hand TPUClusterResolver: runtime.tpu when set; "local" on a TPU VM (the
+    chips are this machine's devices, as on a Vertex AI TPU job, and the resolver's
+    default would look for a TPU node by name instead); else None (TPU_NAME)."""
+    environ = os.environ if environ is None else environ
+    if runtime_config.tpu:
+        return runtime_config.tpu
+    if not environ.get("TPU_NAME") and (os.path.exists("/dev/accel0") or os.path.exists("/dev/vfio/0")):
+        return "local"
+    return None
+
+
 def _tpu_strategy(runtime_config):
     import tensorflow as tf
 
     try:
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=runtime_config.tpu or None)
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu_address(runtime_config))
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
     except (ValueError, tf.errors.OpError, RuntimeError) as e:
