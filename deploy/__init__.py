@@ -1,1 +1,1 @@
-"""Launchers for Google Cloud: Vertex AI jobs (deploy/vertex.py), images (deploy/Dockerfile), GPU VMs (deploy/gpu_vm/)."""
+"""Launchers for Google Cloud: Vertex AI jobs (vertex.py), the image (Dockerfile), GPU VMs (gpu_vm/)."""

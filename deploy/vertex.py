@@ -67,43 +67,54 @@ MULTI_REGIONS = {"us": "us-", "eu": "europe-", "asia": "asia-"}
 def define_flags(fv=flags.FLAGS) -> None:
     """The command's flags, on `fv` (tests use a FlagValues of their own: trainer.task
     defines a global --config too)."""
-    flags.DEFINE_string("config", "configs/distilgpt2.py", "Trainer config inside the image, e.g. configs/distilgpt2.py.", flag_values=fv)
+    define = dict(flag_values=fv)
+    flags.DEFINE_string("config", "configs/distilgpt2.py",
+                        "Trainer config inside the image, e.g. configs/distilgpt2.py.", **define)
     flags.DEFINE_string("project", os.environ.get("GOOGLE_CLOUD_PROJECT") or os.environ.get("CLOUDSDK_CORE_PROJECT"),
-                        "Google Cloud project id (default: $GOOGLE_CLOUD_PROJECT).", flag_values=fv)
-    flags.DEFINE_string("region", "us-central1", "Vertex AI region; the output bucket must be in it.", flag_values=fv)
-    flags.DEFINE_string("output_dir", None, "gs://BUCKET/PATH: the job's baseOutputDirectory (model/, checkpoints/, "
-                        "logs/, report.json).", flag_values=fv)
-    flags.DEFINE_string("image", None, "Training image (default: REGION-docker.pkg.dev/PROJECT/tunewell/tunewell:latest, "
-                        "tunewell-tpu with --tpu_topology), as pushed by make docker-push.", flag_values=fv)
+                        "Google Cloud project id (default: $GOOGLE_CLOUD_PROJECT).", **define)
+    flags.DEFINE_string("region", "us-central1", "Vertex AI region; the output bucket must be in it.", **define)
+    flags.DEFINE_string("output_dir", None, "gs://BUCKET/PATH: the job's baseOutputDirectory (model/, "
+                        "checkpoints/, logs/, report.json).", **define)
+    flags.DEFINE_string("image", None, "Training image (default: REGION-docker.pkg.dev/PROJECT/tunewell/"
+                        "tunewell:latest, tunewell-tpu with --tpu_topology), as make docker-push names it.", **define)
     flags.DEFINE_string("machine_type", None, "Compute Engine machine type (default: the one paired with the "
-                        "accelerator, n1-standard-8 without one).", flag_values=fv)
-    flags.DEFINE_string("accelerator_type", "NVIDIA_L4", "GPU type (Vertex's AcceleratorType name), or NONE for CPU only.", flag_values=fv)
-    flags.DEFINE_integer("accelerator_count", 1, "GPUs per node.", flag_values=fv)
+                        "accelerator, n1-standard-8 without one).", **define)
+    flags.DEFINE_string("accelerator_type", "NVIDIA_L4",
+                        "GPU type (Vertex's AcceleratorType name), or NONE for CPU only.", **define)
+    flags.DEFINE_integer("accelerator_count", 1, "GPUs per node.", **define)
     flags.DEFINE_integer("workers", 0, "Worker nodes besides the chief (pool 1), each like the chief: "
-                         "MultiWorkerMirroredStrategy over chief + workers.", flag_values=fv)
+                         "MultiWorkerMirroredStrategy over chief + workers.", **define)
     flags.DEFINE_string("tpu_topology", None, "TPU v5e slice, one of " + ", ".join(TPU_MACHINES) +
-                        " (replaces the GPU flags; image: the TPU variant).", flag_values=fv)
-    flags.DEFINE_string("service_account", None, "Service account the job runs as (required with --tensorboard).", flag_values=fv)
+                        " (replaces the GPU flags; image: the TPU variant).", **define)
+    flags.DEFINE_string("service_account", None,
+                        "Service account the job runs as (required with --tensorboard).", **define)
     flags.DEFINE_string("tensorboard", None, "Vertex TensorBoard instance: its id or "
-                        "projects/P/locations/R/tensorboards/ID.", flag_values=fv)
-    flags.DEFINE_boolean("spot", False, "Spot VMs (much cheaper, may be preempted): the job restarts and resumes "
-                         "from its last checkpoint.", flag_values=fv)
-    flags.DEFINE_string("display_name", None, "Job name in the console (default: tunewell-CONFIG-UTCTIME).", flag_values=fv)
-    flags.DEFINE_integer("boot_disk_gb", 100, "Boot disk per node, GB (the image, the model, the token cache).", flag_values=fv)
-    flags.DEFINE_string("spec_dir", "runs/vertex", "Local folder for the spec files handed to gcloud.", flag_values=fv)
-    flags.DEFINE_boolean("dry_run", False, "Print the spec and the exact command instead of running it.", flag_values=fv)
-    flags.DEFINE_boolean("skip_checks", False, "Skip the cloud preconditions (bucket region, image, APIs).", flag_values=fv)
+                        "projects/P/locations/R/tensorboards/ID.", **define)
+    flags.DEFINE_boolean("spot", False, "Spot VMs (much cheaper, may be preempted): the job restarts and "
+                         "resumes from its last checkpoint.", **define)
+    flags.DEFINE_string("display_name", None,
+                        "Job name in the console (default: tunewell-CONFIG-UTCTIME).", **define)
+    flags.DEFINE_integer("boot_disk_gb", 100,
+                         "Boot disk per node, GB (the image, the model, the token cache).", **define)
+    flags.DEFINE_string("spec_dir", "runs/vertex", "Local folder for the spec files handed to gcloud.", **define)
+    flags.DEFINE_boolean("dry_run", False, "Print the spec and the exact command instead of running it.", **define)
+    flags.DEFINE_boolean("skip_checks", False,
+                         "Skip the cloud preconditions (bucket region, image, APIs).", **define)
     flags.DEFINE_enum("kind", "custom", ["custom", "hptune"], "For status/logs/cancel given a bare job id: "
-                      "a custom job or a tuning job (a full resource name says which).", flag_values=fv)
+                      "a custom job or a tuning job (a full resource name says which).", **define)
     # Hyperparameter tuning
-    flags.DEFINE_integer("max_trials", 12, "Tuning: trials in all.", flag_values=fv)
-    flags.DEFINE_integer("parallel_trials", 3, "Tuning: trials at once (fewer = better use of earlier results).", flag_values=fv)
-    flags.DEFINE_string("learning_rates", "1e-5:1e-3", "Tuning: peak learning rate range MIN:MAX (log scale).", flag_values=fv)
-    flags.DEFINE_string("warmup_ratios", "0.0:0.1", "Tuning: warm-up share of the steps MIN:MAX, or empty to keep.", flag_values=fv)
-    flags.DEFINE_string("batch_sizes", "8,16,32", "Tuning: global batch sizes to try, or empty to keep.", flag_values=fv)
-    flags.DEFINE_string("epochs", "1:4", "Tuning: epoch range MIN:MAX, or empty to keep the derived count.", flag_values=fv)
-    flags.DEFINE_string("algorithm", "", "Tuning: ALGORITHM_UNSPECIFIED (Bayesian, the default), GRID_SEARCH or "
-                        "RANDOM_SEARCH.", flag_values=fv)
+    flags.DEFINE_integer("max_trials", 12, "Tuning: trials in all.", **define)
+    flags.DEFINE_integer("parallel_trials", 3,
+                         "Tuning: trials at once (fewer = better use of earlier results).", **define)
+    flags.DEFINE_string("learning_rates", "1e-5:1e-3",
+                        "Tuning: peak learning rate range MIN:MAX (log scale).", **define)
+    flags.DEFINE_string("warmup_ratios", "0.0:0.1",
+                        "Tuning: warm-up share of the steps MIN:MAX, or empty to keep.", **define)
+    flags.DEFINE_string("batch_sizes", "8,16,32", "Tuning: global batch sizes to try, or empty to keep.", **define)
+    flags.DEFINE_string("epochs", "1:4",
+                        "Tuning: epoch range MIN:MAX, or empty to keep the derived count.", **define)
+    flags.DEFINE_string("algorithm", "", "Tuning: ALGORITHM_UNSPECIFIED (Bayesian, the default), GRID_SEARCH "
+                        "or RANDOM_SEARCH.", **define)
 
 
 @dataclasses.dataclass
@@ -555,7 +566,10 @@ def rehearsal_command(spec: dict, host_dir: str, docker: str = "docker") -> list
     No network: a job must not need this machine's files or a download to start."""
     container = spec["workerPoolSpecs"][0]["containerSpec"]
     env = {**{e["name"]: e["value"] for e in container.get("env", [])},
-           **{k: f"/aip/{v}/" for k, v in AIP_FOLDERS.items()}}
+           **{k: f"/aip/{v}/" for k, v in AIP_FOLDERS.items()},
+           # Off Google Cloud there is no metadata server: the TPU image's libtpu would retry
+           # it for minutes at import (on a real TPU VM it answers). No effect on other images.
+           "TPU_SKIP_MDS_QUERY": "1"}
     return [docker, "run", "--rm", "--network=none", "-v", f"{os.path.abspath(host_dir)}:/aip",
             *[f"--env={k}={v}" for k, v in env.items()], container["imageUri"], *container["args"]]
 

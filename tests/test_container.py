@@ -47,7 +47,6 @@ def test_the_image_trains_the_sample_as_a_vertex_job_would(variant, tensorflow, 
                             f"DOCKER_BUILD_ARGS={build_args(base_image, variant)}"],
                            cwd=REPO, env=docker_env, capture_output=True, text=True, timeout=1800)
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
-    assert f"tensorflow {tensorflow}." in build.stdout  # the Dockerfile's own import check prints it
 
     out = tmp_path / "aip"
     run = subprocess.run([sys.executable, "-m", "deploy.vertex", "rehearse", str(out), f"--image={image}",
@@ -63,6 +62,7 @@ def test_the_image_trains_the_sample_as_a_vertex_job_would(variant, tensorflow, 
     assert report["steps"] == 20 and report["best_val_loss"] < report["initial_val_loss"]
     assert (out / "model" / "COMPLETE.json").exists() and (out / "model" / "config.json").exists()
     assert (out / "checkpoints").is_dir() and any((out / "logs").rglob("events.out.tfevents.*"))
-    versions = docker(docker_env, "run", "--rm", "--entrypoint", "python", image, "-c",
+    versions = docker(docker_env, "run", "--rm", "--network=none", "--env=TPU_SKIP_MDS_QUERY=1",
+                      "--entrypoint", "python", image, "-c",
                       "import tensorflow as tf, tf_keras; print(tf.__version__, tf_keras.__version__)").stdout
     assert versions.split()[0].startswith(tensorflow) and versions.split()[1].startswith(tensorflow)
