@@ -40,8 +40,9 @@ tensorboard: $(STAMP)
 PROJECT ?= $(shell gcloud config get-value project 2>/dev/null)
 REGION ?= us-central1
 REPOSITORY ?= $(REGION)-docker.pkg.dev/$(PROJECT)/tunewell
-IMAGE ?= $(REPOSITORY)/tunewell:latest
-TPU_IMAGE ?= $(REPOSITORY)/tunewell-tpu:latest
+# Without a project (no gcloud yet) a build is tagged locally; a push needs the project.
+IMAGE ?= $(if $(PROJECT),$(REPOSITORY)/tunewell:latest,tunewell:local)
+TPU_IMAGE ?= $(if $(PROJECT),$(REPOSITORY)/tunewell-tpu:latest,tunewell-tpu:local)
 DOCKER_BUILD_ARGS ?=
 # tensorflow-tpu stops at 2.20 on PyPI; libtpu 0.0.14 is the release its wheel names.
 TPU_BUILD_ARGS := --build-arg "TENSORFLOW_PACKAGES=tensorflow-tpu==2.20.0 libtpu==0.0.14" \
@@ -55,6 +56,7 @@ docker-build-tpu:
 
 # Creates the Artifact Registry repository on first use and lets docker log in to it.
 docker-push:
+	@test -n "$(PROJECT)" || { echo "error: no project: make docker-push PROJECT=my-project (or gcloud config set project my-project)"; exit 2; }
 	gcloud artifacts repositories describe tunewell --location=$(REGION) --project=$(PROJECT) >/dev/null 2>&1 || \
 		gcloud artifacts repositories create tunewell --repository-format=docker --location=$(REGION) \
 		--project=$(PROJECT)

@@ -284,6 +284,10 @@ def trainer_config(args: list):
 
     from trainer import settings
 
+    path = next((a.split("=", 1)[1] for a in args if a.startswith("--config=")), "")
+    if not os.path.isfile(path):
+        raise UserError(f"--config={path}: no such file here. Run from the repository root; the image holds "
+                        "the same configs/ folder.")
     argv = ["trainer.task", *args]
     values = flags.FlagValues()
     # sys_argv: config_flags registers the --config.* overrides it finds there when defined.
@@ -294,8 +298,6 @@ def trainer_config(args: list):
         raise UserError(f"the trainer would reject its args: {e}") from None
     except (AttributeError, KeyError):
         raise UserError(f"the trainer would reject its args: {settings.unknown_key_message(argv)}") from None
-    except FileNotFoundError as e:
-        raise UserError(f"--config: {e}") from None
     config = values.config
     settings.check(config)
     return config

@@ -152,6 +152,8 @@ def test_the_trainer_rejects_bad_args_before_anything_is_submitted():
         vertex.trainer_config(["--config=configs/local.py", "--config.train.learning_rate=1e-4"])
     with pytest.raises(UserError, match="max_steps=-1 is not valid"):
         vertex.trainer_config(["--config=configs/local.py", "--config.train.max_steps=-1"])
+    with pytest.raises(UserError, match="configs/nope.py: no such file here"):
+        vertex.trainer_config(["--config=configs/nope.py"])
     with pytest.raises(UserError, match="accelerator_count=3"):
         vertex.machine_spec(target(accelerator_count=3))
     with pytest.raises(UserError, match="put it under configs/"):
