@@ -342,7 +342,7 @@ class Gcloud:
     def __init__(self, dry_run: bool = False, run=subprocess.run, out=print):
         self.dry_run, self._run, self.out = dry_run, run, out
 
-    def __call__(self, *args, capture: bool = True, stream: bool = False) -> str:
+    def __call__(self, *args, stream: bool = False) -> str:
         command = ["gcloud", *args]
         if self.dry_run:
             self.out("$ " + shlex.join(command))
