@@ -47,6 +47,11 @@ def get_config():
     # Plain-text files: "" = one example per line; any other string (e.g. "\n\n")
     # splits each whole file into examples at that separator.
     config.data.text_separator = ""
+    # Text normalisation for messy corpora, applied as documents are read: "" = none,
+    # or a comma-separated subset of control,nfkc,whitespace,lowercase (see
+    # data.normalize_text). The doctor says when nfkc/whitespace/control would change
+    # much of the text. The model learns the normalised form: prompts should match it.
+    config.data.normalize = ""
     # Tokens per training row. Must not exceed the model's positions (1024 for GPT-2).
     config.data.block_size = 512
     # "packed": documents joined with EOS and cut into full blocks (no padding

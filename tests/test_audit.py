@@ -346,3 +346,23 @@ def test_audit_reports_every_seeded_defect_most_severe_first(tokenize):
     assert stats["duplicates"]["exact_duplicate_rate"] == pytest.approx(6 / 58)
     assert stats["diversity"]["template_rate"] == pytest.approx(19 / 58)
     assert stats["leakage"]["exact_overlap_rate"] == pytest.approx(1 / 9)
+
+
+def test_normalization_is_suggested_on_messy_text_only():
+    from tests.conftest import make_documents
+
+    clean = make_documents(400)
+    assert audit.normalization_findings(audit.normalization_stats(clean)) == []
+    # Exported or scraped text: fullwidth letters and runs of tabs and spaces.
+    messy = [f"Ｒｅｐｏｒｔ\t\t{d}   \u00a0" for d in clean]
+    (finding,) = audit.normalization_findings(audit.normalization_stats(messy))
+    assert finding.check == "normalization" and finding.severity == "warning"
+    assert finding.fix.startswith("--config.data.normalize=nfkc,whitespace ")
+    assert set(finding.data) == {"nfkc", "whitespace"} and finding.data["nfkc"] >= audit.NORMALIZE_WARNING
+    # Code: indentation is content, kept by the step and never counted (no false alarm).
+    code = [f"def f{i}(x):\n    if x:\n\t\treturn x  # note\n    return {i}\n" for i in range(300)]
+    stats = audit.normalization_stats(code)
+    assert stats["changed_share"]["whitespace"] < 0.02 and audit.normalization_findings(stats) == []
+    # Already normalised: nothing left to suggest.
+    stats = audit.normalization_stats(messy, applied=("nfkc", "whitespace"))
+    assert set(stats["changed_share"]) == {"control"} and audit.normalization_findings(stats) == []

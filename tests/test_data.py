@@ -168,3 +168,27 @@ def test_token_cache_skips_tokenizing_the_same_documents_again(tmp_path, tiny_mo
     assert [a.tolist() for a in repaired] == [f.tolist() for f in first]
     with np.load(path) as cached:
         assert int(cached["ends"][-1]) == sum(len(f) for f in first)
+
+
+def test_normalization_steps_and_their_order(tmp_path):
+    messy = "Ｆｕｌｌ\twidth  \x07bell\u00a0nbsp  \n\n\n\nﬁne  \nEnd"
+    steps = data.parse_normalize("whitespace, NFKC,control")
+    assert steps == ("control", "nfkc", "whitespace")  # always applied in NORMALIZATIONS order
+    assert data.normalize_text(messy, steps) == "Full width bell nbsp\n\nfine\nEnd"
+    assert data.normalize_text("A\tB", ("lowercase",)) == "a\tb"
+    assert data.normalize_text("def f():\n    x  =\t1  \n\treturn x", ("whitespace",)) == \
+        "def f():\n    x = 1\n\treturn x"  # indentation is content
+    assert data.normalize_text(messy, ()) == messy
+    with pytest.raises(UserError, match="unknown step.*nfd"):
+        data.parse_normalize("nfkc,nfd")
+    (tmp_path / "a.jsonl").write_text(json.dumps({"text": "Ｈｉ  there"}) + "\n" + json.dumps({"text": "\x07 "}) + "\n")
+    assert data.read_documents(str(tmp_path / "a.jsonl"), "f", "text", "", steps) == ["Hi there"]  # blank after
+    config = default.get_config()
+    config.data.train_files = str(tmp_path / "a.jsonl")
+    config.data.validation_files = str(tmp_path / "a.jsonl")
+    config.data.normalize = "nfkc"
+    assert data.load_documents(config.data, seed=0).train == ["Hi  there", "\x07"]  # nfkc only
+    from trainer import settings
+    config.data.normalize = "nfkc,lower"
+    with pytest.raises(UserError, match="--config.data.normalize='nfkc,lower' is not valid"):
+        settings.check(config)

@@ -316,3 +316,17 @@ def test_shard_reading_per_worker_is_seeded_resumable_and_disjoint(prepared):
         assert read(0) == first and read(0, seed=4) != first
         start = steps_per_epoch + 1
         assert read(0, start=start) == first[start * 4:]
+
+
+def test_a_folder_prepared_before_data_normalize_existed_still_matches(prepared):
+    from trainer import model as model_lib
+
+    config, manifest, _ = prepared
+    tokenizer = model_lib.load_tokenizer(config.model.name_or_path)
+    wanted = prepare._settings(config, tokenizer)
+    older = {**manifest, "data": {k: v for k, v in manifest["data"].items() if k != "normalize"}}
+    assert prepare._differences(older, config, wanted, None) == []
+    config = small_config(config.output_dir, config.data.train_files, config.model.name_or_path,
+                          **{"data.batching": config.data.batching, "data.normalize": "nfkc"})
+    assert prepare._differences(older, config, prepare._settings(config, tokenizer), None) == [
+        "--config.data.normalize='nfkc' (prepared with '')"]

@@ -16,6 +16,7 @@ import array
 import collections
 import dataclasses
 import re
+import unicodedata
 from typing import Callable
 
 import numpy as np
@@ -80,6 +81,13 @@ FERTILITY_MIN_VOCABULARY = 30_000
 # English web text, rarely merges back into one token.
 RARE_CHAR_WARNING = 0.05
 
+# data.normalize: a step is suggested when it would change at least this share of
+# the characters. Ordinary prose stays far below it (a double space after a full
+# stop every ~80 characters is ~1%); scraped or exported text with tabs, runs of
+# spaces, fullwidth forms or stray control bytes goes over it.
+NORMALIZE_WARNING = 0.05
+NORMALIZE_SAMPLE_DOCS = 5_000
+
 # Sampling budgets: distinct-n depends on sample size, so it is always read on
 # the same number of words; fertility only needs a stable average.
 DISTINCT_SAMPLE_WORDS = 200_000
@@ -94,7 +102,8 @@ SEVERITIES = ("error", "warning", "info")
 
 @dataclasses.dataclass
 class Finding:
-    check: str        # "duplicates", "diversity", "templates", "length", "leakage", "domain_fit", "size"
+    check: str        # "duplicates", "diversity", "templates", "length", "leakage", "normalization",
+                      # "domain_fit", "size"
     severity: str     # "error" | "warning" | "info"
     figure: str       # the measured figure in words
     why: str          # why it matters for fine-tuning a causal LM
@@ -850,19 +859,70 @@ def size_findings(n_train: int, n_val: int, token_total: int | None) -> list[Fin
         {"train_documents": n_train, "validation_documents": n_val, "train_tokens": token_total})]
 
 
+def normalization_stats(docs: list[str], applied=(), seed: int = 0) -> dict:
+    """The share of characters each data.normalize step not already applied would
+    change (control, nfkc, whitespace), on a sample of documents. Lowercasing is a
+    choice, not a repair, and is not measured."""
+    picked = [docs[i] for i in sample_indices(len(docs), NORMALIZE_SAMPLE_DOCS, seed)]
+    counts = collections.Counter("".join(picked))
+    total = max(1, sum(counts.values()))
+    changed = {}
+    if "control" not in applied:
+        changed["control"] = sum(n for c, n in counts.items() if c not in "\n\t" and unicodedata.category(c) == "Cc")
+    if "nfkc" not in applied:
+        changed["nfkc"] = sum(n for c, n in counts.items() if unicodedata.normalize("NFKC", c) != c)
+    if "whitespace" not in applied:
+        changed["whitespace"] = sum(_whitespace_changes(d) for d in picked)
+    return {"sampled_documents": len(picked), "characters": total,
+            "changed_share": {step: n / total for step, n in changed.items()}}
+
+
+_INTERIOR_SPACE = re.compile(r"[^\S\n]+")
+
+
+def _whitespace_changes(doc: str) -> int:
+    """Characters the whitespace step removes or replaces: a run of spaces and tabs inside
+    a line keeps one character (unchanged if it holds a plain space), trailing runs go,
+    and so do the newlines past one blank line. Indentation is kept, so it is not counted."""
+    from trainer.data import normalize_text
+
+    changes = 0
+    for line in doc.split("\n"):
+        body = line.lstrip()
+        interior = body.rstrip()
+        changes += len(body) - len(interior)  # trailing
+        for run in _INTERIOR_SPACE.finditer(interior):
+            changes += len(run.group()) - (1 if " " in run.group() else 0)
+    newlines = doc.count("\n") - normalize_text(doc, ("whitespace",)).count("\n")
+    return changes + newlines
+
+
+def normalization_findings(stats: dict) -> list[Finding]:
+    over = {step: share for step, share in stats["changed_share"].items() if share >= NORMALIZE_WARNING}
+    if not over:
+        return []
+    figures = ", ".join(f"{step} {share:.1%}" for step, share in over.items())
+    return [Finding(
+        "normalization", "warning", f"normalising would change this share of the characters: {figures}",
+        "The model learns whatever the text holds, stray whitespace, fullwidth forms and control bytes "
+        "included, and spends tokens on them; a byte-level tokenizer cuts such text into more pieces.",
+        f"--config.data.normalize={','.join(over)} (the model then writes the normalised form; prompts "
+        "should match it).", {k: round(v, 4) for k, v in over.items()})]
+
+
 # ----------------------------------------------------------------------------- the whole audit
 
 
 def audit_corpus(train_docs: list[str], val_docs: list[str], token_lengths: list[int] | None,
                  block_size: int, batching: str, tokenize=None, *, n_positions: int = 1024,
-                 vocab_size: int = 50_257, seed: int = 0) -> tuple[list[Finding], dict]:
+                 vocab_size: int = 50_257, seed: int = 0, normalized=()) -> tuple[list[Finding], dict]:
     """Every check on one corpus: (findings, most severe first; stats per check).
 
     token_lengths: per training doc, EOS included. When None and `tokenize` is
     given, they are computed with it; with neither, lengths are not checked.
     tokenize(list of texts) -> list of token id lists; without it, the domain
     fit is not checked. n_positions: the model's context length; vocab_size:
-    the tokenizer's.
+    the tokenizer's; normalized: the data.normalize steps the documents went through.
     """
     token_counts = None
     if token_lengths is None and tokenize is not None:
@@ -885,6 +945,8 @@ def audit_corpus(train_docs: list[str], val_docs: list[str], token_lengths: list
         findings += length_findings(stats["length"], n_positions)
     stats["leakage"] = leakage_stats(train_docs, val_docs)
     findings += leakage_findings(stats["leakage"])
+    stats["normalization"] = normalization_stats(train_docs, normalized, seed=seed)
+    findings += normalization_findings(stats["normalization"])
     if tokenize is not None:
         stats["fertility"] = fertility_stats(train_docs, tokenize, seed=seed, token_counts=token_counts)
         findings += fertility_findings(stats["fertility"], block_size, n_positions, vocab_size)

@@ -17,6 +17,8 @@ import glob
 import hashlib
 import json
 import os
+import re
+import unicodedata
 import zipfile
 
 import numpy as np
@@ -124,8 +126,51 @@ def _read_table(path: str, text_field: str) -> list[str]:
     return ["" if t is None else str(t) for t in table[text_field]]
 
 
-def read_documents(spec: str, flag: str, text_field: str, text_separator: str) -> list[str]:
-    """All non-blank documents of the files in `spec`, in file order."""
+# data.normalize steps, applied in this order. Off by default: a model fine-tuned on
+# normalised text writes normalised text, which is a choice, not a fix.
+NORMALIZATIONS = ("control", "nfkc", "whitespace", "lowercase")
+_HORIZONTAL_SPACE = re.compile(r"[^\S\n]+")  # spaces, tabs, NBSP... but not newlines
+_BLANK_LINES = re.compile(r"\n\s*\n(\s*\n)+")
+
+
+def parse_normalize(spec: str) -> tuple[str, ...]:
+    """--config.data.normalize="nfkc,whitespace" -> ("nfkc", "whitespace"), in NORMALIZATIONS order."""
+    steps = {s.strip().lower() for s in spec.split(",") if s.strip()}
+    unknown = sorted(steps - set(NORMALIZATIONS))
+    if unknown:
+        raise UserError(f"--config.data.normalize={spec!r}: unknown step(s) {', '.join(unknown)}; use a "
+                        f"comma-separated subset of {','.join(NORMALIZATIONS)}, or \"\" for none.")
+    return tuple(step for step in NORMALIZATIONS if step in steps)
+
+
+def _collapse_line(line: str) -> str:
+    """Runs of spaces and tabs after the indentation -> one space; no trailing space. The
+    indentation stays: in code, lists and verse it is content."""
+    body = line.lstrip()
+    indent = line[: len(line) - len(body)]
+    return indent + _HORIZONTAL_SPACE.sub(" ", body).rstrip() if body else ""
+
+
+def normalize_text(text: str, steps) -> str:
+    """control: drop control characters (Unicode Cc) but newline and tab; nfkc: Unicode
+    NFKC (fullwidth letters, ligatures, non-breaking spaces -> their plain forms);
+    whitespace: runs of spaces and tabs inside a line -> one space (indentation kept), no
+    spaces at line ends, at most one blank line in a row (paragraphs survive); lowercase."""
+    if "control" in steps:
+        text = "".join(c for c in text if c in "\n\t" or unicodedata.category(c) != "Cc")
+    if "nfkc" in steps:
+        text = unicodedata.normalize("NFKC", text)
+    if "whitespace" in steps:
+        text = "\n".join(_collapse_line(line) for line in text.split("\n"))
+        text = _BLANK_LINES.sub("\n\n", text)
+    if "lowercase" in steps:
+        text = text.lower()
+    return text
+
+
+def read_documents(spec: str, flag: str, text_field: str, text_separator: str, normalize=()) -> list[str]:
+    """All non-blank documents of the files in `spec`, in file order, normalised by the
+    `normalize` steps (parse_normalize) when given."""
     documents = []
     for path in expand_files(spec, flag):
         ext = os.path.splitext(path)[1].lower()
@@ -138,6 +183,8 @@ def read_documents(spec: str, flag: str, text_field: str, text_separator: str) -
             texts = content.split(text_separator) if text_separator else content.splitlines()
         else:
             raise UserError(f"{path}: unknown format '{ext}'. Use .txt, .jsonl/.json, .csv or .parquet.")
+        if normalize:
+            texts = [normalize_text(t, normalize) for t in texts]
         texts = [t.strip() for t in texts if t.strip()]
         if not texts:
             raise UserError(f"{path} holds no non-blank text in field '{text_field}'.")
@@ -176,11 +223,12 @@ def split_documents(documents: list[str], fraction: float, max_examples: int, se
 
 
 def load_documents(data_config, seed: int) -> Documents:
+    normalize = parse_normalize(data_config.normalize)
     train = read_documents(data_config.train_files, "--config.data.train_files",
-                           data_config.text_field, data_config.text_separator)
+                           data_config.text_field, data_config.text_separator, normalize)
     if data_config.validation_files:
         validation = read_documents(data_config.validation_files, "--config.data.validation_files",
-                                    data_config.text_field, data_config.text_separator)
+                                    data_config.text_field, data_config.text_separator, normalize)
         return Documents(train, validation, "files")
     train, validation = split_documents(train, data_config.validation_fraction,
                                         data_config.validation_max_examples, seed)

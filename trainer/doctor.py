@@ -18,7 +18,7 @@ import numpy as np
 import trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from trainer import audit, filesystem, optimization
 from trainer.audit import Finding
-from trainer.data import IGNORE_INDEX
+from trainer.data import IGNORE_INDEX, parse_normalize
 
 # OpenAI's fine-tuning guidance keeps examples x epochs between 100 and 25,000
 # (fewer: nothing is learnt; more: the examples are memorised).
@@ -167,7 +167,7 @@ def run_checks(config, prep, n_params: int, replicas: int = 1) -> tuple[list[Fin
         prep.documents.train, prep.documents.validation, prep.train_blocks.document_lengths.tolist(),
         config.data.block_size, config.data.batching,
         tokenize=tokenize, n_positions=prep.model_config.n_positions, vocab_size=len(tokenizer),
-        seed=config.seed)
+        seed=config.seed, normalized=parse_normalize(config.data.normalize))
     findings += settings_findings(config, prep.plan, len(prep.documents.train), prep.model_config.n_embd,
                                   n_params, prep.train_blocks.tokens, replicas)
     findings += label_findings(prep.train_blocks, tokenizer.eos_token_id)

@@ -58,7 +58,10 @@ MIN_TRAIN_SHARDS = 16
 RECORD_FRAMING = 16  # TFRecord: length (8) + its CRC (4) + data CRC (4)
 # The data.* fields that decide which documents become which rows.
 DATA_FIELDS = ("train_files", "validation_files", "validation_fraction", "validation_max_examples",
-               "text_field", "text_separator")
+               "text_field", "text_separator", "normalize")
+# Fields added after a manifest format was fixed: a manifest without one was written
+# with the field's default, so an older prepared folder still matches.
+DATA_FIELD_DEFAULTS = {"normalize": ""}
 
 
 def shard_name(split: str, index: int, count: int) -> str:
@@ -273,9 +276,9 @@ def _differences(manifest: dict, config, wanted: dict, num_shards) -> list[str]:
     if manifest["seed"] != wanted["seed"]:
         differences.append(f"--config.seed={wanted['seed']} (prepared with {manifest['seed']})")
     for key in DATA_FIELDS:
-        if manifest["data"].get(key) != wanted["data"][key]:
-            differences.append(f"--config.data.{key}={wanted['data'][key]!r} (prepared with "
-                               f"{manifest['data'].get(key)!r})")
+        stored = manifest["data"].get(key, DATA_FIELD_DEFAULTS.get(key))
+        if stored != wanted["data"][key]:
+            differences.append(f"--config.data.{key}={wanted['data'][key]!r} (prepared with {stored!r})")
     if not differences and manifest.get("files") != wanted["files"]:
         differences.append("the files of --config.data.train_files/validation_files (sizes or names changed)")
     if num_shards and num_shards != len(manifest["splits"]["train"]["shards"]):

@@ -49,6 +49,12 @@ def _text(allow_empty=False):
     return lambda v: isinstance(v, str) and (allow_empty or bool(v.strip()))
 
 
+def _normalize_steps(v):
+    from trainer.data import NORMALIZATIONS
+
+    return isinstance(v, str) and all(s.strip().lower() in NORMALIZATIONS for s in v.split(",") if s.strip())
+
+
 def _prompts(v):
     return isinstance(v, (tuple, list)) and all(isinstance(p, str) for p in v)
 
@@ -64,6 +70,7 @@ RULES = {
     "data.validation_max_examples": (_int(1), "at least 1"),
     "data.text_field": (_text(), "the JSON field or column that holds the text, e.g. text"),
     "data.text_separator": (lambda v: isinstance(v, str), "a string (empty: one example per line)"),
+    "data.normalize": (_normalize_steps, '"" or a comma-separated subset of control,nfkc,whitespace,lowercase'),
     "data.block_size": (_int(2), "at least 2 tokens, e.g. 512"),
     "data.batching": (_choice("packed", "padded"), "packed or padded"),
     "data.num_proc": (_int(1), "at least 1"),
