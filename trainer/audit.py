@@ -877,24 +877,22 @@ def normalization_stats(docs: list[str], applied=(), seed: int = 0) -> dict:
             "changed_share": {step: n / total for step, n in changed.items()}}
 
 
-_INTERIOR_SPACE = re.compile(r"[^\S\n]+")
-
-
 def _whitespace_changes(doc: str) -> int:
-    """Characters the whitespace step removes or replaces: a run of spaces and tabs inside
-    a line keeps one character (unchanged if it holds a plain space), trailing runs go,
-    and so do the newlines past one blank line. Indentation is kept, so it is not counted."""
-    from trainer.data import normalize_text
+    """Characters the whitespace step (data.normalize_text) removes or replaces: a run of
+    spaces and tabs inside a line keeps one character (unchanged if it holds a plain
+    space), trailing runs go, and so do the newlines past one blank line. Indentation is
+    kept, so it is not counted."""
+    from trainer.data import BLANK_LINES, HORIZONTAL_SPACE
 
     changes = 0
     for line in doc.split("\n"):
         body = line.lstrip()
         interior = body.rstrip()
         changes += len(body) - len(interior)  # trailing
-        for run in _INTERIOR_SPACE.finditer(interior):
+        for run in HORIZONTAL_SPACE.finditer(interior):
             changes += len(run.group()) - (1 if " " in run.group() else 0)
-    newlines = doc.count("\n") - normalize_text(doc, ("whitespace",)).count("\n")
-    return changes + newlines
+    # Each run of 3+ newlines (blank lines between) becomes exactly two.
+    return changes + sum(m.group().count("\n") - 2 for m in BLANK_LINES.finditer(doc))
 
 
 def normalization_findings(stats: dict) -> list[Finding]:

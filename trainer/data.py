@@ -129,8 +129,8 @@ def _read_table(path: str, text_field: str) -> list[str]:
 # data.normalize steps, applied in this order. Off by default: a model fine-tuned on
 # normalised text writes normalised text, which is a choice, not a fix.
 NORMALIZATIONS = ("control", "nfkc", "whitespace", "lowercase")
-_HORIZONTAL_SPACE = re.compile(r"[^\S\n]+")  # spaces, tabs, NBSP... but not newlines
-_BLANK_LINES = re.compile(r"\n\s*\n(\s*\n)+")
+HORIZONTAL_SPACE = re.compile(r"[^\S\n]+")  # spaces, tabs, NBSP... but not newlines
+BLANK_LINES = re.compile(r"\n\s*\n(\s*\n)+")
 
 
 def parse_normalize(spec: str) -> tuple[str, ...]:
@@ -148,7 +148,7 @@ def _collapse_line(line: str) -> str:
     indentation stays: in code, lists and verse it is content."""
     body = line.lstrip()
     indent = line[: len(line) - len(body)]
-    return indent + _HORIZONTAL_SPACE.sub(" ", body).rstrip() if body else ""
+    return indent + HORIZONTAL_SPACE.sub(" ", body).rstrip() if body else ""
 
 
 def normalize_text(text: str, steps) -> str:
@@ -162,7 +162,7 @@ def normalize_text(text: str, steps) -> str:
         text = unicodedata.normalize("NFKC", text)
     if "whitespace" in steps:
         text = "\n".join(_collapse_line(line) for line in text.split("\n"))
-        text = _BLANK_LINES.sub("\n\n", text)
+        text = BLANK_LINES.sub("\n\n", text)
     if "lowercase" in steps:
         text = text.lower()
     return text

@@ -213,7 +213,12 @@ def tpu_hint(environ=None) -> bool:
     """Cheap signs of a TPU, checked before asking a resolver (which on a machine
     without one may wait on the cloud metadata server)."""
     environ = os.environ if environ is None else environ
-    return bool(environ.get("TPU_NAME")) or os.path.exists("/dev/accel0") or os.path.exists("/dev/vfio/0")
+    return bool(environ.get("TPU_NAME")) or _tpu_device_here()
+
+
+def _tpu_device_here() -> bool:
+    """This machine's own TPU chips: /dev/accel* (v2-v4), /dev/vfio/* (v5e and later)."""
+    return os.path.exists("/dev/accel0") or os.path.exists("/dev/vfio/0")
 
 
 def choose(runtime_config, cluster_info: Cluster, gpus: int, environ=None) -> str:
@@ -279,7 +284,7 @@ def tpu_address(runtime_config, environ=None):
     environ = os.environ if environ is None else environ
     if runtime_config.tpu:
         return runtime_config.tpu
-    if not environ.get("TPU_NAME") and (os.path.exists("/dev/accel0") or os.path.exists("/dev/vfio/0")):
+    if not environ.get("TPU_NAME") and _tpu_device_here():
         return "local"
     return None
 
