@@ -13,7 +13,29 @@ values are written to OUTPUT/config.json.
 """
 
 import ml_collections
+from absl import flags
 from ml_collections import config_dict
+from ml_collections import config_flags
+
+
+class LearningRateParser(flags.ArgumentParser):
+    """--config.optim.learning_rate: a positive number or "auto" (a short range test)."""
+
+    def parse(self, argument):
+        if isinstance(argument, str) and argument.strip().lower() == "auto":
+            return "auto"
+        try:
+            return float(argument)
+        except (TypeError, ValueError):
+            raise ValueError(f"{argument!r} is neither a number nor auto") from None
+
+    def flag_type(self):
+        return "float or auto"
+
+
+# The learning-rate field holds None, a float or "auto": its placeholder type is
+# `object`, parsed on the command line by the parser above.
+config_flags.register_flag_parser_for_type(object, LearningRateParser())
 
 
 def get_config():
@@ -44,6 +66,12 @@ def get_config():
     config.data.validation_max_examples = 2000
     # Column holding the text in JSON/JSONL/CSV/Parquet files.
     config.data.text_field = "text"
+    # Prompt/completion data: the fields (JSON keys or columns) holding the input and
+    # the output. Set both to train on "given the prompt, write the completion": each
+    # example is prompt + completion + EOS, and only the completion and EOS are scored
+    # (prompt positions get label -100). Both "" = free text from text_field.
+    config.data.prompt_field = ""
+    config.data.completion_field = ""
     # Plain-text files: "" = one example per line; any other string (e.g. "\n\n")
     # splits each whole file into examples at that separator.
     config.data.text_separator = ""
@@ -58,6 +86,10 @@ def get_config():
     # waste). "padded": one document per row, truncated to block_size, padding
     # masked out of attention and loss.
     config.data.batching = "packed"
+    # Row order: "shuffled" every epoch; "short_first" = the first epoch goes from
+    # rows of short documents to rows of long ones (a curriculum), later epochs
+    # shuffled. README "Curriculum" has the measurement.
+    config.data.order = "shuffled"
     # Processes for batched tokenization (datasets.map num_proc).
     config.data.num_proc = 1
     # Token ids of raw files are cached here, keyed by the tokenizer and the
@@ -76,6 +108,11 @@ def get_config():
     config.model.name_or_path = "distilgpt2"
     # Tokenizer to use; "" = the one stored with the model.
     config.model.tokenizer = ""
+    # A UTF-8 file of new tokens, one per line (domain words the tokenizer splits
+    # into many pieces). They are added to the tokenizer and their embedding rows
+    # start at the mean of the existing rows. "" = none. The doctor's domain-fit
+    # check names candidates when the text splits badly.
+    config.model.add_tokens = ""
     # Build a tiny GPT-2 and a byte-level BPE tokenizer trained on the training
     # files at name_or_path first, if nothing is there yet (for runs with no
     # model hub, like the embedded sample). It is then loaded like any checkpoint.
@@ -95,7 +132,9 @@ def get_config():
     # Peak learning rate of AdamW. None = derived: 1e-4 at GPT-2's width (768),
     # scaled by 768/n_embd and by sqrt(tokens per step / 8192), kept in [1e-5, 1e-3];
     # from 6e-4 (pre-training rate, up to 3e-3) for a bootstrap_tiny model.
-    config.optim.learning_rate = config_dict.placeholder(float)
+    # "auto" = a short range test on the run's own data and model before training
+    # (at most 5% of the run's steps), bounded by the derived rule (README "auto").
+    config.optim.learning_rate = config_dict.placeholder(object)
     # Shape after warm-up: "linear", "cosine", "inverse_sqrt" or "constant".
     config.optim.schedule = "linear"
     # Linear warm-up length in optimizer steps. None = warmup_ratio of the total.
@@ -134,6 +173,10 @@ def get_config():
     config.train.early_stopping_patience = 3
     # Improvement in validation loss (nats per token) that counts as better.
     config.train.early_stopping_min_delta = 0.0
+    # What picks the exported (best) weights and drives early stopping: "loss"
+    # (validation loss), or a task metric of prompt/completion data: "exact_match",
+    # "token_f1", "bleu", "rouge_l" (higher is better; see eval.task_examples).
+    config.train.select_best_by = "loss"
     # Save a checkpoint every N steps. None = at every evaluation.
     config.train.checkpoint_every_steps = config_dict.placeholder(int)
     # Checkpoints kept in OUTPUT/checkpoints (the best weights are kept apart).
@@ -151,6 +194,16 @@ def get_config():
     config.eval.num_prompts = 3
     # Tokens generated per prompt at each evaluation.
     config.eval.max_new_tokens = 40
+    # Prompt/completion data: held-out prompts completed greedily at each evaluation
+    # and scored against their references (exact match, token F1, BLEU, ROUGE-L).
+    # 0 = no task metrics.
+    config.eval.task_examples = 64
+    # Length bound of those completions in tokens. None = the longest reference
+    # completion among them (EOS included), at most 256.
+    config.eval.task_max_new_tokens = config_dict.placeholder(int)
+    # Held-out prompts in OUTPUT/review.html and review.csv: the base model's and the
+    # fine-tuned model's outputs side by side, blinded, for a person to rate. 0 = none.
+    config.eval.review_examples = 24
 
     # ---------------------------------------------------------------- runtime
     config.runtime = ml_collections.ConfigDict()

@@ -16,6 +16,9 @@ from trainer.distribution import PRECISIONS, STRATEGIES
 from trainer.errors import UserError
 from trainer.optimization import SCHEDULES
 
+# Task metrics of prompt/completion data (trainer/task_metrics.py), all "higher is better".
+TASK_METRICS = ("exact_match", "token_f1", "bleu", "rouge_l")
+
 # Paths a user may write with `~`: expanded once, here, for every reader.
 PATH_KEYS = ("output_dir", "data.prepared_dir", "model.name_or_path", "model.tokenizer")
 
@@ -69,15 +72,19 @@ RULES = {
     "data.validation_fraction": (_number(0, 1, low_open=True, high_open=True), "between 0 and 1, e.g. 0.1"),
     "data.validation_max_examples": (_int(1), "at least 1"),
     "data.text_field": (_text(), "the JSON field or column that holds the text, e.g. text"),
+    "data.prompt_field": (lambda v: isinstance(v, str), 'the JSON field or column of the prompts, or ""'),
+    "data.completion_field": (lambda v: isinstance(v, str), 'the JSON field or column of the completions, or ""'),
     "data.text_separator": (lambda v: isinstance(v, str), "a string (empty: one example per line)"),
     "data.normalize": (_normalize_steps, '"" or a comma-separated subset of control,nfkc,whitespace,lowercase'),
     "data.block_size": (_int(2), "at least 2 tokens, e.g. 512"),
     "data.batching": (_choice("packed", "padded"), "packed or padded"),
+    "data.order": (_choice("shuffled", "short_first"), "shuffled or short_first"),
     "data.num_proc": (_int(1), "at least 1"),
     "data.cache_dir": (_text(allow_empty=True), 'a local folder, or "" for no token cache'),
     "data.prepared_dir": (_text(allow_empty=True), "a folder written by python -m trainer.prepare, or empty"),
     "model.name_or_path": (_text(), "a model folder or hub name, e.g. distilgpt2"),
     "model.tokenizer": (_text(allow_empty=True), "a tokenizer folder or hub name, or empty"),
+    "model.add_tokens": (_text(allow_empty=True), 'a UTF-8 file with one new token per line, or ""'),
     "model.bootstrap_tiny": (lambda v: isinstance(v, bool), "true or false"),
     "model.tiny.n_layer": (_int(1), "at least 1"),
     "model.tiny.n_embd": (_int(1), "at least 1 and a multiple of model.tiny.n_head"),
@@ -85,8 +92,9 @@ RULES = {
     "model.tiny.n_positions": (_int(2), "at least 2"),
     "model.tiny.vocab_size": (_int(257), "at least 257 (the 256 bytes and EOS)"),
     "model.tiny.dropout": (_number(0, 1, high_open=True), "in [0, 1), e.g. 0.1"),
-    "optim.learning_rate": (_number(0, low_open=True, optional=True),
-                            "positive (e.g. 1e-4), or unset to derive it from the model and batch size"),
+    "optim.learning_rate": (lambda v: v == "auto" or _number(0, low_open=True, optional=True)(v),
+                            "positive (e.g. 1e-4), auto (a short range test), or unset to derive it from "
+                            "the model and batch size"),
     "optim.schedule": (_choice(*SCHEDULES), ", ".join(SCHEDULES)),
     "optim.warmup_steps": (_int(0, optional=True), "0 or more, or unset to use warmup_ratio"),
     "optim.warmup_ratio": (_number(0, 1, high_open=True), "in [0, 1), e.g. 0.06"),
@@ -103,6 +111,7 @@ RULES = {
     "train.eval_every_steps": (_int(1, optional=True), "at least 1, or unset to derive it"),
     "train.early_stopping_patience": (_int(0), "0 (never stop early) or more"),
     "train.early_stopping_min_delta": (_number(0), "0 or more nats"),
+    "train.select_best_by": (_choice("loss", *TASK_METRICS), "loss, " + ", ".join(TASK_METRICS)),
     "train.checkpoint_every_steps": (_int(1, optional=True), "at least 1, or unset (at every evaluation)"),
     "train.keep_checkpoints": (_int(1), "at least 1 (the latest state is what a resume needs)"),
     "train.log_every_steps": (_int(1), "at least 1, e.g. 10"),
@@ -110,6 +119,9 @@ RULES = {
     "eval.prompts": (_prompts, "a list of strings"),
     "eval.num_prompts": (_int(0), "0 or more"),
     "eval.max_new_tokens": (_int(1), "at least 1"),
+    "eval.task_examples": (_int(0), "0 (no task metrics) or more, e.g. 64"),
+    "eval.task_max_new_tokens": (_int(1, optional=True), "at least 1, or unset (the longest reference)"),
+    "eval.review_examples": (_int(0), "0 (no review sheet) or more, e.g. 24"),
     "runtime.strategy": (_choice(*STRATEGIES), ", ".join(STRATEGIES)),
     "runtime.cpu_devices": (_int(1, 64), "from 1 to 64"),
     "runtime.precision": (_choice(*PRECISIONS), ", ".join(PRECISIONS)),
