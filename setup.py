@@ -38,6 +38,8 @@ setup(
         "h5py>=3.10",
         "tqdm>=4.66",
         "matplotlib>=3.8",
+        "sacrebleu>=2.4",
+        "rouge-score>=0.1.2",
     ],
     extras_require={
         # Vertex AI launcher (deploy/vertex.py): its specs are checked against this library's v1 protos.

@@ -149,6 +149,22 @@ def write_text(path: str, text: str) -> None:
     write_file(path, write)
 
 
+def write_bytes(path: str, data: bytes) -> None:
+    """Bytes as given: for files whose encoding is part of the promise (review.csv's
+    UTF-8 with BOM), which write_text would leave to the machine's locale."""
+    if is_remote(path):
+        with _gfile().GFile(path, "wb") as f:
+            f.write(data)
+        return
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    write_file(path, write)
+
+
 def append_line(path: str, line: str) -> None:
     """One line appended; a kill mid-write leaves at most a partial LAST line, which
     readers of line files skip (see reporting.RunLog). Objects cannot be appended to:
