@@ -177,10 +177,13 @@ class RunState:
     it describes, and no device variables (TPUs have no float64).
     """
 
-    FIELDS = {"best_val_loss": float("inf"), "best_step": -1, "evals_since_best": 0,
+    # best_score: what train.select_best_by compares, lower is better (the loss, or minus a
+    # task metric); best_val_loss is the validation loss at that best step.
+    # review_base: the base model's outputs for the review sheet, made at step 0.
+    FIELDS = {"best_val_loss": float("inf"), "best_score": float("inf"), "best_step": -1, "evals_since_best": 0,
               "initial_val_loss": float("nan"), "last_eval_step": -1, "train_tokens": 0,
               "train_seconds": 0.0, "stopped_early": False, "monitors": [], "samples": [],
-              "window": {}}
+              "review_base": [], "window": {}}
 
     def __init__(self):
         import tensorflow as tf
@@ -192,7 +195,10 @@ class RunState:
                 return json.dumps(outer.values)
 
             def deserialize(self, string_value):
-                outer.values = {**RunState.FIELDS, **json.loads(string_value)}
+                saved = json.loads(string_value)
+                outer.values = {**RunState.FIELDS, **saved}
+                if "best_score" not in saved:  # saved before select_best_by: the loss picked the best
+                    outer.values["best_score"] = outer.values["best_val_loss"]
 
         self.values = json.loads(json.dumps(self.FIELDS))
         self.trackable = _Saveable()

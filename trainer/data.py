@@ -69,27 +69,38 @@ def _decode_utf8(path: str) -> str:
             f"UTF-8, e.g. `iconv -f latin1 -t utf-8 {path} > fixed.txt`.") from None
 
 
-def _json_text(record, path: str, line: int, text_field: str) -> str:
-    if not isinstance(record, dict) or text_field not in record:
-        keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-        raise UserError(
-            f"{path}, line {line}: no field '{text_field}' (found {keys}). Set "
-            f"--config.data.text_field to the field that holds the text.")
-    value = record[text_field]
-    if not isinstance(value, str):
-        raise UserError(f"{path}, line {line}: field '{text_field}' is {type(value).__name__}, not text.")
-    return value
+# The flag that names each field, for error messages.
+FIELD_FLAGS = {"text": "--config.data.text_field", "prompt": "--config.data.prompt_field",
+               "completion": "--config.data.completion_field"}
 
 
-def _read_json(path: str, text_field: str) -> list[str]:
+def _json_values(record, path: str, line: int, fields: dict) -> tuple[str, ...]:
+    """fields: {role: field name}, e.g. {"text": "text"} or {"prompt": "q", "completion": "a"}."""
+    values = []
+    for role, field in fields.items():
+        if not isinstance(record, dict) or field not in record:
+            keys = sorted(record) if isinstance(record, dict) else type(record).__name__
+            raise UserError(
+                f"{path}, line {line}: no field '{field}' (found {keys}). Set "
+                f"{FIELD_FLAGS[role]} to the field that holds the {role}.")
+        value = record[field]
+        if value is None and role != "text":
+            value = ""  # a missing completion is reported by the doctor, not a crash here
+        if not isinstance(value, str):
+            raise UserError(f"{path}, line {line}: field '{field}' is {type(value).__name__}, not text.")
+        values.append(value)
+    return tuple(values)
+
+
+def _read_json(path: str, fields: dict) -> list[tuple[str, ...]]:
     content = _decode_utf8(path)
     if content.lstrip().startswith("["):  # a JSON array of records
         try:
             records = json.loads(content)
         except json.JSONDecodeError as e:
             raise UserError(f"{path}, line {e.lineno}: not valid JSON ({e.msg}).") from None
-        return [_json_text(r, path, i + 1, text_field) for i, r in enumerate(records)]
-    texts = []
+        return [_json_values(r, path, i + 1, fields) for i, r in enumerate(records)]
+    rows = []
     for number, line in enumerate(content.splitlines(), start=1):
         if not line.strip():
             continue
@@ -98,11 +109,11 @@ def _read_json(path: str, text_field: str) -> list[str]:
         except json.JSONDecodeError as e:
             raise UserError(f"{path}, line {number}: not valid JSON ({e.msg}). Each line of a JSONL "
                             "file must be one JSON object, e.g. {\"text\": \"...\"}.") from None
-        texts.append(_json_text(record, path, number, text_field))
-    return texts
+        rows.append(_json_values(record, path, number, fields))
+    return rows
 
 
-def _read_table(path: str, text_field: str) -> list[str]:
+def _read_table(path: str, fields: dict) -> list[tuple[str, ...]]:
     import datasets  # heavy import, only for the formats that need it
 
     if path.endswith(".csv"):
@@ -113,17 +124,20 @@ def _read_table(path: str, text_field: str) -> list[str]:
     if filesystem.is_remote(path):  # datasets reads local files: a copy, read once
         import tempfile
 
-        with tempfile.TemporaryDirectory(prefix="tunewell-data-") as local:
-            copy = os.path.join(local, os.path.basename(path))
+        with tempfile.TemporaryDirectory() as tmp:
+            copy = os.path.join(tmp, os.path.basename(path))
             with open(copy, "wb") as f:
                 f.write(filesystem.read_bytes(path))
             table = getattr(datasets.Dataset, f"from_{builder}")(copy, keep_in_memory=True)
     else:
         table = getattr(datasets.Dataset, f"from_{builder}")(path)
-    if text_field not in table.column_names:
-        raise UserError(f"{path}: no column '{text_field}' (columns: {table.column_names}). Set "
-                        "--config.data.text_field to the column that holds the text.")
-    return ["" if t is None else str(t) for t in table[text_field]]
+    columns = []
+    for role, field in fields.items():
+        if field not in table.column_names:
+            raise UserError(f"{path}: no column '{field}' (columns: {table.column_names}). Set "
+                            f"{FIELD_FLAGS[role]} to the column that holds the {role}.")
+        columns.append(["" if t is None else str(t) for t in table[field]])
+    return list(zip(*columns))
 
 
 # data.normalize steps, applied in this order. Off by default: a model fine-tuned on
@@ -175,9 +189,9 @@ def read_documents(spec: str, flag: str, text_field: str, text_separator: str, n
     for path in expand_files(spec, flag):
         ext = os.path.splitext(path)[1].lower()
         if ext in JSON_EXTENSIONS:
-            texts = _read_json(path, text_field)
+            texts = [t for (t,) in _read_json(path, {"text": text_field})]
         elif ext in TABLE_EXTENSIONS:
-            texts = _read_table(path, text_field)
+            texts = [t for (t,) in _read_table(path, {"text": text_field})]
         elif ext in TEXT_EXTENSIONS or ext == "":
             content = _decode_utf8(path)
             texts = content.split(text_separator) if text_separator else content.splitlines()
@@ -192,14 +206,53 @@ def read_documents(spec: str, flag: str, text_field: str, text_separator: str, n
     return documents
 
 
+def is_prompt_completion(data_config) -> bool:
+    return bool(data_config.prompt_field and data_config.completion_field)
+
+
+def read_examples(spec: str, flag: str, prompt_field: str, completion_field: str,
+                  normalize=()) -> list[tuple[str, str]]:
+    """(prompt, completion) records of JSONL/JSON/CSV/Parquet files, in file order.
+
+    Not stripped: a prompt's trailing separator ("Answer:", "\n\n###\n\n") and a
+    completion's leading space are what the model is trained and prompted with. A
+    record whose prompt and completion are both blank is skipped; an empty
+    completion is kept (the doctor counts them)."""
+    examples = []
+    for path in expand_files(spec, flag):
+        ext = os.path.splitext(path)[1].lower()
+        fields = {"prompt": prompt_field, "completion": completion_field}
+        if ext in JSON_EXTENSIONS:
+            pairs = _read_json(path, fields)
+        elif ext in TABLE_EXTENSIONS:
+            pairs = _read_table(path, fields)
+        else:
+            raise UserError(f"{path}: prompt/completion data (--config.data.prompt_field and "
+                            "--config.data.completion_field) must be .jsonl/.json, .csv or .parquet records; "
+                            f"'{ext or 'no extension'}' holds free text. Unset both fields to train on it as "
+                            "free text.")
+        if normalize:
+            pairs = [(normalize_text(p, normalize), normalize_text(c, normalize)) for p, c in pairs]
+        pairs = [(p, c) for p, c in pairs if p.strip() or c.strip()]
+        if not pairs:
+            raise UserError(f"{path} holds no record with a non-blank '{prompt_field}' or '{completion_field}'.")
+        examples.extend(pairs)
+    return examples
+
+
 # ----------------------------------------------------------------------------- splitting
 
 
 @dataclasses.dataclass
 class Documents:
+    """Texts of each split. Prompt/completion data also keeps its (prompt, completion)
+    pairs; its texts are then prompt + completion, for the checks that read text
+    (duplicates, leakage, the copy check of generations, a tiny model's tokenizer)."""
     train: list[str]
     validation: list[str]
-    validation_source: str  # "files" or "split"
+    validation_source: str  # "files", "split" or "prepared"
+    train_pairs: list[tuple[str, str]] | None = None
+    validation_pairs: list[tuple[str, str]] | None = None
 
 
 def split_documents(documents: list[str], fraction: float, max_examples: int, seed: int):
@@ -224,23 +277,31 @@ def split_documents(documents: list[str], fraction: float, max_examples: int, se
 
 def load_documents(data_config, seed: int) -> Documents:
     normalize = parse_normalize(data_config.normalize)
-    train = read_documents(data_config.train_files, "--config.data.train_files",
-                           data_config.text_field, data_config.text_separator, normalize)
+    if is_prompt_completion(data_config):
+        def read(spec, flag):
+            return read_examples(spec, flag, data_config.prompt_field, data_config.completion_field, normalize)
+    else:
+        def read(spec, flag):
+            return read_documents(spec, flag, data_config.text_field, data_config.text_separator, normalize)
+    train = read(data_config.train_files, "--config.data.train_files")
     if data_config.validation_files:
-        validation = read_documents(data_config.validation_files, "--config.data.validation_files",
-                                    data_config.text_field, data_config.text_separator, normalize)
-        return Documents(train, validation, "files")
-    train, validation = split_documents(train, data_config.validation_fraction,
-                                        data_config.validation_max_examples, seed)
-    return Documents(train, validation, "split")
+        validation, source = read(data_config.validation_files, "--config.data.validation_files"), "files"
+    else:
+        train, validation = split_documents(train, data_config.validation_fraction,
+                                            data_config.validation_max_examples, seed)
+        source = "split"
+    if not is_prompt_completion(data_config):
+        return Documents(train, validation, source)
+    return Documents([p + c for p, c in train], [p + c for p, c in validation], source, train, validation)
 
 
 # ----------------------------------------------------------------------------- tokenizing
 
 
 def tokenize(documents: list[str], tokenizer, num_proc: int = 1, desc: str = "Tokenizing",
-             cache_dir: str = ""):
-    """Token ids per document with EOS appended, so the model learns where text ends.
+             cache_dir: str = "", append_eos: bool = True):
+    """Token ids per document with EOS appended, so the model learns where text ends
+    (append_eos=False: prompts, which the completion continues).
 
     With cache_dir, the ids are kept in CACHE_DIR/tokens/<key>.npz, where the key
     is a sha256 of the tokenizer (its vocabulary and merges) and of every
@@ -249,7 +310,7 @@ def tokenize(documents: list[str], tokenizer, num_proc: int = 1, desc: str = "To
     renamed, so a kill mid-write leaves no half file; an unreadable entry is
     tokenized again and replaced.
     """
-    path = _token_cache_path(documents, tokenizer, cache_dir) if cache_dir else None
+    path = _token_cache_path(documents, tokenizer, cache_dir, append_eos) if cache_dir else None
     cached = _read_token_cache(path, len(documents)) if path else None
     if cached is not None:
         return cached
@@ -259,7 +320,7 @@ def tokenize(documents: list[str], tokenizer, num_proc: int = 1, desc: str = "To
 
     def encode(batch):
         ids = tokenizer(batch["text"], add_special_tokens=False, verbose=False)["input_ids"]
-        return {"input_ids": [x + [eos] for x in ids]}
+        return {"input_ids": [x + [eos] for x in ids] if append_eos else ids}
 
     dataset = datasets.Dataset.from_dict({"text": documents})
     dataset = dataset.map(encode, batched=True, remove_columns=["text"], desc=desc,
@@ -270,10 +331,12 @@ def tokenize(documents: list[str], tokenizer, num_proc: int = 1, desc: str = "To
     return token_ids
 
 
-def _token_cache_path(documents: list[str], tokenizer, cache_dir: str) -> str:
+def _token_cache_path(documents: list[str], tokenizer, cache_dir: str, append_eos: bool = True) -> str:
     from trainer.prepare import tokenizer_hash
 
     key = hashlib.sha256(tokenizer_hash(tokenizer).encode())
+    if not append_eos:
+        key.update(b"no-eos\0")  # the same texts without EOS are another entry
     for text in documents:
         key.update(text.encode("utf-8", "surrogatepass"))
         key.update(b"\0")  # ["ab", "c"] and ["a", "bc"] are different corpora
@@ -322,6 +385,14 @@ class Blocks:
     truncated_documents: int = 0  # padded: documents longer than block_size
     truncated_tokens: int = 0
     document_lengths: np.ndarray | None = None  # tokens per document, EOS included (for the doctor)
+    # Prompt/completion data: the prompt's tokens of each example (document_lengths then
+    # holds prompt + completion + EOS), and examples whose completion itself was cut.
+    prompt_lengths: np.ndarray | None = None
+    truncated_completions: int = 0
+    # Prompt/completion rows: the longest example in each row (for short_first_order).
+    row_lengths: np.ndarray | None = None
+    # data.order=short_first: the row order of the first epoch (see short_first_order).
+    curriculum: np.ndarray | None = None
 
     @property
     def rows(self) -> int:
@@ -333,9 +404,12 @@ class Blocks:
         return int((self.labels[:, 1:] != IGNORE_INDEX).sum())
 
     def stats(self) -> dict:
-        return {"documents": self.documents, "rows": self.rows, "tokens": self.tokens,
-                "dropped_tokens": self.dropped_tokens, "truncated_documents": self.truncated_documents,
-                "truncated_tokens": self.truncated_tokens, "supervised_tokens": self.supervised_tokens}
+        stats = {"documents": self.documents, "rows": self.rows, "tokens": self.tokens,
+                 "dropped_tokens": self.dropped_tokens, "truncated_documents": self.truncated_documents,
+                 "truncated_tokens": self.truncated_tokens, "supervised_tokens": self.supervised_tokens}
+        if self.prompt_lengths is not None:
+            stats["truncated_completions"] = self.truncated_completions
+        return stats
 
 
 def pack_blocks(token_ids: list[np.ndarray], block_size: int, pad_token_id: int = 0,
@@ -387,12 +461,123 @@ def pad_blocks(token_ids: list[np.ndarray], block_size: int, pad_token_id: int) 
                   document_lengths=np.array([len(d) for d in token_ids], np.int64))
 
 
+def fit_example(prompt: np.ndarray, completion: np.ndarray, block_size: int):
+    """(prompt, completion) cut to fit block_size: the prompt loses its START (the end,
+    next to the completion, is the context that matters most, and the task instruction
+    usually sits in a template around it); the completion is cut at the right only when
+    it does not fit beside one prompt token. Returns the two and whether each was cut.
+
+    block_size 128, a 150-token prompt and a 30-token completion (EOS included): the
+    prompt keeps its last 98 tokens, the completion all 30."""
+    cut_completion = len(completion) > block_size - 1
+    if cut_completion:  # one prompt token stays, so the completion's first token is scored
+        completion = completion[: block_size - 1]
+    room = block_size - len(completion)
+    cut_prompt = len(prompt) > room
+    return prompt[len(prompt) - room:] if cut_prompt else prompt, completion, cut_prompt, cut_completion
+
+
+def example_blocks(prompts: list[np.ndarray], completions: list[np.ndarray], block_size: int,
+                   pad_token_id: int, packed: bool) -> Blocks:
+    """Prompt/completion examples in rows: labels IGNORE_INDEX on every prompt token and on
+    padding, the completion's tokens and its EOS scored.
+
+    padded: one example per row. packed: whole examples placed one after another in a
+    row while they fit (no example is split across rows), the rest of the row padded.
+    Within a packed row each example attends to the examples before it (GPT-2 takes
+    a 2-D padding mask, not a per-example one); that context is never scored: an
+    example's first scored token is its completion's first, predicted from its own
+    prompt's last token, and every prompt token (the boundary included) is -100.
+    Positions also continue across examples. README "Fine-tune for a task" has the
+    measured effect against padded rows, where each example is alone."""
+    rows, ids_rows, label_rows = [], [], []
+    current_ids, current_labels = [], []
+    truncated = truncated_completions = truncated_tokens = 0
+    for prompt, completion in zip(prompts, completions):
+        fitted_prompt, fitted_completion, cut_prompt, cut_completion = fit_example(prompt, completion, block_size)
+        truncated += cut_prompt or cut_completion
+        truncated_completions += cut_completion
+        truncated_tokens += len(prompt) + len(completion) - len(fitted_prompt) - len(fitted_completion)
+        ids = np.concatenate([fitted_prompt, fitted_completion]).astype(np.int32)
+        labels = np.concatenate([np.full(len(fitted_prompt), IGNORE_INDEX, np.int32),
+                                 fitted_completion.astype(np.int32)])
+        if current_ids and (not packed or sum(map(len, current_ids)) + len(ids) > block_size):
+            ids_rows.append(current_ids)
+            label_rows.append(current_labels)
+            current_ids, current_labels = [], []
+        current_ids.append(ids)
+        current_labels.append(labels)
+    if current_ids:
+        ids_rows.append(current_ids)
+        label_rows.append(current_labels)
+    n = len(ids_rows)
+    input_ids = np.full([n, block_size], pad_token_id, np.int32)
+    mask = np.zeros([n, block_size], np.int32)
+    labels = np.full([n, block_size], IGNORE_INDEX, np.int32)
+    for row, (row_ids, row_labels) in enumerate(zip(ids_rows, label_rows)):
+        joined = np.concatenate(row_ids)
+        input_ids[row, :len(joined)] = joined
+        mask[row, :len(joined)] = 1
+        labels[row, :len(joined)] = np.concatenate(row_labels)
+    lengths = np.array([len(p) + len(c) for p, c in zip(prompts, completions)], np.int64)
+    return Blocks(input_ids, mask, labels, documents=len(prompts), tokens=int(lengths.sum()),
+                  truncated_documents=truncated, truncated_tokens=truncated_tokens, document_lengths=lengths,
+                  prompt_lengths=np.array([len(p) for p in prompts], np.int64),
+                  truncated_completions=truncated_completions,
+                  row_lengths=np.array([max(map(len, r)) for r in ids_rows], np.int64))
+
+
+def tokenize_examples(pairs: list[tuple[str, str]], tokenizer, num_proc: int = 1, desc: str = "Tokenizing",
+                      cache_dir: str = ""):
+    """Prompt ids (no EOS) and completion ids + EOS, tokenized apart as they meet at
+    inference: the prompt alone, then the model writes. An empty prompt becomes EOS,
+    GPT-2's document start, so the completion's first token is still scored."""
+    prompts = tokenize([p for p, _ in pairs], tokenizer, num_proc, desc + " (prompts)", cache_dir, append_eos=False)
+    completions = tokenize([c for _, c in pairs], tokenizer, num_proc, desc + " (completions)", cache_dir)
+    eos = np.array([tokenizer.eos_token_id], np.int32)
+    return [p if len(p) else eos for p in prompts], completions
+
+
 def make_blocks(documents, tokenizer, data_config, desc, keep_tail=False):
-    """keep_tail: score every token (validation) rather than only full blocks (training)."""
+    """documents: texts, or (prompt, completion) pairs when data_config names both fields.
+    keep_tail: score every token (validation) rather than only full blocks (training)."""
+    if is_prompt_completion(data_config):
+        prompts, completions = tokenize_examples(documents, tokenizer, data_config.num_proc, desc,
+                                                 data_config.cache_dir)
+        return example_blocks(prompts, completions, data_config.block_size, tokenizer.pad_token_id,
+                              packed=data_config.batching == "packed")
     token_ids = tokenize(documents, tokenizer, data_config.num_proc, desc, data_config.cache_dir)
     if data_config.batching == "packed":
         return pack_blocks(token_ids, data_config.block_size, tokenizer.pad_token_id, keep_tail)
     return pad_blocks(token_ids, data_config.block_size, tokenizer.pad_token_id)
+
+
+def decode_pairs(blocks: Blocks, tokenizer, max_examples: int = 2000) -> list[tuple[str, str]]:
+    """(prompt, completion) pairs back from prompt/completion rows (prepared data): an
+    example starts where an unscored token (a prompt's, attention on) follows a scored
+    one or the row's start; its completion is the scored run, EOS dropped."""
+    pairs = []
+    for ids, mask, labels in zip(blocks.input_ids, blocks.attention_mask, blocks.labels):
+        scored = labels != IGNORE_INDEX
+        prompt, completion = [], []
+        for token, on, is_scored in zip(ids.tolist(), mask.tolist(), scored.tolist()):
+            if not on:
+                break
+            if not is_scored and completion:  # the next example's prompt begins
+                pairs.append((prompt, completion))
+                prompt, completion = [], []
+            (completion if is_scored else prompt).append(token)
+        if prompt or completion:
+            pairs.append((prompt, completion))
+        if len(pairs) >= max_examples:
+            break
+    eos = tokenizer.eos_token_id
+    decoded = []
+    for prompt, completion in pairs[:max_examples]:
+        prompt = [] if prompt == [eos] else prompt  # the stand-in for an empty prompt
+        completion = completion[:-1] if completion and completion[-1] == eos else completion
+        decoded.append((tokenizer.decode(prompt), tokenizer.decode(completion)))
+    return decoded
 
 
 def decode_documents(blocks: Blocks, tokenizer, max_documents: int = 2000) -> list[str]:
@@ -425,14 +610,42 @@ FIELDS = ("input_ids", "attention_mask", "labels")
 SHUFFLE_BUFFER_BYTES = 64 * 2**20
 
 
-def epoch_order(rows: int, seed: int, epoch: int) -> np.ndarray:
+def epoch_order(rows: int, seed: int, epoch: int, curriculum: np.ndarray | None = None) -> np.ndarray:
     """The row order of one epoch: a fixed function of (seed, epoch), so a resumed
-    run sees exactly the batches the interrupted one would have."""
+    run sees exactly the batches the interrupted one would have. With a curriculum
+    (data.order=short_first), the first epoch follows it."""
+    if curriculum is not None and epoch == 0:
+        return curriculum
     return np.random.default_rng([seed, epoch]).permutation(rows)
 
 
+def row_document_lengths(blocks: Blocks, packed: bool) -> np.ndarray:
+    """Per row, the length (tokens) of the longest document or example that has tokens in it.
+
+    Padded rows hold one document; prompt/completion rows whole examples; a packed row
+    of free text spans the documents whose [start, end) meets [row x block, (row+1) x block)."""
+    lengths, block = blocks.document_lengths, blocks.input_ids.shape[1]
+    if not packed:  # one document or example per row
+        return np.minimum(lengths, block).astype(np.int64)
+    if blocks.row_lengths is not None:  # whole examples per row, measured when they were placed
+        return blocks.row_lengths
+    ends = np.cumsum(lengths)
+    starts = np.arange(blocks.rows) * block
+    first = np.searchsorted(ends, starts, side="right")  # first document ending after the row starts
+    last = np.minimum(np.searchsorted(ends, starts + block - 1, side="right"), len(lengths) - 1)
+    return np.array([lengths[f: l + 1].max() for f, l in zip(first, last)], np.int64)
+
+
+def short_first_order(blocks: Blocks, seed: int, packed: bool) -> np.ndarray:
+    """data.order=short_first: the first epoch's rows from short documents to long ones
+    (rows of equal length in a seeded random order). A curriculum: the model meets
+    short, complete texts before long ones (Bengio et al. 2009)."""
+    shuffled = np.random.default_rng([seed, 0]).permutation(blocks.rows)
+    return shuffled[np.argsort(row_document_lengths(blocks, packed)[shuffled], kind="stable")]
+
+
 def train_order(rows: int, global_batch: int, steps_per_epoch: int, total_steps: int, start_step: int,
-                seed: int) -> np.ndarray:
+                seed: int, curriculum: np.ndarray | None = None) -> np.ndarray:
     """Row indices of the global batches for steps start_step .. total_steps-1, concatenated.
 
     Each epoch shuffles the rows and keeps steps_per_epoch full batches
@@ -440,7 +653,8 @@ def train_order(rows: int, global_batch: int, steps_per_epoch: int, total_steps:
     per_epoch = steps_per_epoch * global_batch
     last_epoch = (total_steps - 1) // steps_per_epoch
     first_epoch = start_step // steps_per_epoch
-    order = np.concatenate([epoch_order(rows, seed, e)[:per_epoch] for e in range(first_epoch, last_epoch + 1)])
+    order = np.concatenate([epoch_order(rows, seed, e, curriculum)[:per_epoch]
+                            for e in range(first_epoch, last_epoch + 1)])
     skip = (start_step - first_epoch * steps_per_epoch) * global_batch
     return order[skip: skip + (total_steps - start_step) * global_batch]
 
@@ -477,7 +691,8 @@ def train_dataset(blocks: Blocks, global_batch: int, steps_per_epoch: int, total
     """Global batches (one device's view) for steps start_step .. total_steps-1."""
     import tensorflow as tf
 
-    order = train_order(blocks.rows, global_batch, steps_per_epoch, total_steps, start_step, seed)
+    order = train_order(blocks.rows, global_batch, steps_per_epoch, total_steps, start_step, seed,
+                        blocks.curriculum)
     return _rows_dataset(blocks, order, global_batch).prefetch(tf.data.AUTOTUNE)
 
 
@@ -549,7 +764,8 @@ def distributed_train_data(strategy, source, global_batch: int, steps_per_epoch:
             ds = _shards_dataset(source, per_replica, local_replicas, context.num_input_pipelines,
                                  context.input_pipeline_id, steps_per_epoch, total_steps, start_step, seed)
         else:
-            order = train_order(source.rows, global_batch, steps_per_epoch, total_steps, start_step, seed)
+            order = train_order(source.rows, global_batch, steps_per_epoch, total_steps, start_step, seed,
+                                source.curriculum)
             order = _pipeline_order(order, global_batch, context.num_input_pipelines, context.input_pipeline_id)
             ds = _rows_dataset(source, order, per_replica)
         return ds.prefetch(tf.data.AUTOTUNE)

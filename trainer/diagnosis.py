@@ -214,3 +214,59 @@ def diagnose(report: dict, learning_rate: float, derived_learning_rate: float, s
 def _still_improving(val_points) -> bool:
     losses = [p["loss"] for p in val_points]
     return len(losses) >= 3 and losses[-1] < losses[-2] < losses[-3]
+
+
+# ----------------------------------------------------------------------------- loss against the task
+
+TASK_DISAGREEMENT = "loss_and_task_metric_disagree"
+# A task metric (0-100) must move at least this much to count: with the default 64
+# examples, one more exact match is 100/64 = 1.6 points, so 2 points is more than one
+# example flipping.
+TASK_METRIC_CHANGE = 2.0
+# The loss counts as improved when it fell at least 2% below the base model's.
+TASK_LOSS_GAIN = 0.02
+
+
+def task_metric_disagreement(val_points: list[dict], select_by: str) -> list[dict]:
+    """The loss and the task metric telling different stories, in plain words.
+
+    (1) the loss improved while the metric stayed put: the model fits the text of the
+    completions better without doing the task better; (2) the metric peaked at another
+    evaluation than the loss: the weights picked by one are not the best by the other."""
+    metric = select_by if select_by != "loss" else "token_f1"
+    key = f"task/{metric}"
+    scored = [p for p in val_points if key in p and math.isfinite(p["loss"])]
+    if len(scored) < 3:  # the base model and at least two trained evaluations
+        return []
+    first = scored[0]
+    best_loss = min(scored, key=lambda p: p["loss"])
+    best_metric = max(scored, key=lambda p: p[key])
+    loss_gain = (first["loss"] - best_loss["loss"]) / first["loss"] if first["loss"] > 0 else 0.0
+    evidence = {"metric": metric, "base": {"loss": first["loss"], metric: first[key]},
+                "best_loss": {"step": best_loss["step"], "loss": best_loss["loss"], metric: best_loss[key]},
+                "best_metric": {"step": best_metric["step"], "loss": best_metric["loss"], metric: best_metric[key]}}
+    if loss_gain >= TASK_LOSS_GAIN and best_metric[key] - first[key] < TASK_METRIC_CHANGE:
+        return [_finding(
+            TASK_DISAGREEMENT,
+            f"The validation loss improved {100 * loss_gain:.0f}% ({first['loss']:.3f} -> {best_loss['loss']:.3f}) "
+            f"but {metric} did not ({first[key]:.1f} at the start, at most {best_metric[key]:.1f}): the model "
+            "fits the wording of the completions better without doing the task better. Read the completions "
+            "(TensorBoard text task_completions, review.html): if they are close but not exact, score with "
+            "token_f1 or rouge_l; if they are wrong, the task needs more (or more varied) examples, or a "
+            "clearer prompt separator (see the doctor).", evidence,
+            ["more examples of the task", "--config.train.select_best_by=token_f1"])]
+    if best_metric["step"] != best_loss["step"] and best_metric[key] - best_loss[key] >= TASK_METRIC_CHANGE:
+        picked = best_loss if select_by == "loss" else best_metric
+        other = best_metric if select_by == "loss" else best_loss
+        summary = (f"The loss and {metric} disagree on the best weights: the loss is lowest at step "
+                   f"{best_loss['step']} ({best_loss['loss']:.3f}, {metric} {best_loss[key]:.1f}) while {metric} "
+                   f"peaks at step {best_metric['step']} ({best_metric[key]:.1f}, loss {best_metric['loss']:.3f}).")
+        if select_by == "loss":
+            summary += (f" The export holds step {picked['step']}'s weights, chosen by the loss; to export the "
+                        f"ones that do the task best, select by {metric}.")
+            return [_finding(TASK_DISAGREEMENT, summary, evidence, [f"--config.train.select_best_by={metric}"])]
+        summary += (f" The export holds step {picked['step']}'s weights, chosen by {metric}; a loss rising while "
+                    f"the task improves is the model growing confident on what it gets right (step "
+                    f"{other['step']} has the lower loss).")
+        return [_finding(TASK_DISAGREEMENT, summary, evidence, [], "info")]
+    return []

@@ -193,6 +193,19 @@ def agreed_mean(strategy, value: float) -> float:
     return float(_vote_counter(strategy)(tf.constant(float(value)))) / strategy.num_replicas_in_sync
 
 
+def from_chief(strategy, value: float, chief: bool) -> float:
+    """The chief's number on every worker (e.g. a task metric only the chief computes,
+    which then picks the best weights everywhere): the others add 0 to a sum over replicas,
+    and the chief's value is counted once per local replica (replicas are spread evenly)."""
+    import tensorflow as tf
+
+    pipelines = input_pipelines(strategy)
+    if pipelines <= 1:
+        return value
+    total = float(_vote_counter(strategy)(tf.constant(float(value) if chief else 0.0)))
+    return total / (strategy.num_replicas_in_sync / pipelines)
+
+
 def steps_per_call(strategy, step_seconds: float, log_every_steps: int, target_call_seconds: float = 2.0) -> int:
     """runtime.steps_per_execution=None: as many steps per compiled call as fit in about 2 s.
 

@@ -1,5 +1,8 @@
-"""Evaluation: validation loss, perplexity and token accuracy; sample generations."""
+"""Evaluation: validation loss, perplexity and token accuracy; sample generations; task
+metrics of prompt/completion data (greedy completions of held-out prompts, scored by
+trainer/task_metrics.py)."""
 
+import dataclasses
 import functools
 import math
 
@@ -65,7 +68,8 @@ def _sampler(model):
     import tensorflow as tf
 
     @tf.function(reduce_retracing=True)
-    def sample(input_ids, attention_mask, max_new_tokens, seed, temperature, top_p):
+    def sample(input_ids, attention_mask, max_new_tokens, seed, temperature, top_p, eos_token_id):
+        """top_p <= 0: greedy (the likeliest token). Stops early once every row has written EOS."""
         batch = tf.shape(input_ids)[0]
         # GPT-2 positions from the mask, so left padding does not shift them.
         positions = tf.maximum(tf.cumsum(attention_mask, axis=1) - 1, 0)
@@ -73,6 +77,10 @@ def _sampler(model):
                     use_cache=True, training=False)
 
         def pick(logits, i):
+            return tf.cond(top_p > 0, lambda: nucleus(logits, i),
+                           lambda: tf.argmax(logits, axis=-1, output_type=tf.int32))
+
+        def nucleus(logits, i):
             """Nucleus sampling: the smallest set of (candidate) tokens holding top_p of the probability."""
             k = tf.minimum(CANDIDATES, tf.shape(logits)[-1])
             ranked, order = tf.math.top_k(tf.cast(logits, tf.float32) / temperature, k=k)
@@ -81,22 +89,27 @@ def _sampler(model):
             choice = tf.random.stateless_categorical(ranked, 1, seed=tf.stack([seed, i]), dtype=tf.int32)
             return tf.gather(order, choice[:, 0], batch_dims=1)
 
-        def body(i, logits, past, mask, position, tokens):
+        def body(i, logits, past, mask, position, tokens, finished):
             token = pick(logits, i)
             mask = tf.concat([mask, tf.ones([batch, 1], mask.dtype)], axis=1)
             step = model(input_ids=token[:, None], attention_mask=mask, position_ids=position[:, None],
                          past_key_values=past, use_cache=True, training=False)
-            return i + 1, step.logits[:, -1], step.past_key_values, mask, position + 1, tokens.write(i, token)
+            return (i + 1, step.logits[:, -1], step.past_key_values, mask, position + 1, tokens.write(i, token),
+                    finished | tf.equal(token, eos_token_id))
 
         def any_length(t):
             return tf.TensorShape([None] * t.shape.rank)
 
         # The cache and the mask grow by one position per token; the rest keep their shape.
+        # The token array grows with the loop: rows that all ended early leave no unwritten slots.
         loop_vars = (tf.constant(0), out.logits[:, -1], out.past_key_values, attention_mask, positions[:, -1] + 1,
-                     tf.TensorArray(tf.int32, size=max_new_tokens))
+                     tf.TensorArray(tf.int32, size=0, dynamic_size=True, element_shape=[None]),
+                     tf.zeros([batch], tf.bool))
         invariants = (tf.TensorShape([]), any_length(loop_vars[1]), tf.nest.map_structure(any_length, loop_vars[2]),
-                      any_length(attention_mask), any_length(loop_vars[4]), tf.TensorShape(None))
-        *_, tokens = tf.while_loop(lambda i, *_: i < max_new_tokens, body, loop_vars, shape_invariants=invariants)
+                      any_length(attention_mask), any_length(loop_vars[4]), tf.TensorShape(None),
+                      any_length(loop_vars[6]))
+        *_, tokens, _ = tf.while_loop(lambda i, *rest: (i < max_new_tokens) & ~tf.reduce_all(rest[-1]), body,
+                                      loop_vars, shape_invariants=invariants)
         return tf.transpose(tokens.stack())
 
     return sample
@@ -122,7 +135,7 @@ def sample_generations(model, tokenizer, prompts, max_new_tokens: int, seed: int
         tokenizer.padding_side = side
     new_tokens = _sampler(model)(tf.cast(encoded["input_ids"], tf.int32), tf.cast(encoded["attention_mask"], tf.int32),
                                  tf.constant(max_new_tokens), tf.constant(seed), tf.constant(0.8),
-                                 tf.constant(0.9)).numpy()
+                                 tf.constant(0.9), tf.constant(tokenizer.eos_token_id)).numpy()
     samples = []
     for prompt, tokens in zip(prompts, new_tokens):
         eos_at = np.flatnonzero(tokens == tokenizer.eos_token_id)  # the text ends at the first EOS
@@ -130,3 +143,87 @@ def sample_generations(model, tokenizer, prompts, max_new_tokens: int, seed: int
         samples.append({"prompt": prompt, "completion": tokenizer.decode(tokens[:length], skip_special_tokens=True),
                         "tokens": length, "ended_with_eos": bool(len(eos_at))})
     return samples
+
+
+# Prompts completed per decoding loop: the key/value cache of a chunk is
+# chunk x (prompt + new tokens) x layers x 2 x width x 4 bytes; 32 x 300 x 6 x 2 x 768
+# x 4 = 354 MB for distilgpt2, 3.5 GB for gpt2-large (36 x 1280).
+COMPLETION_CHUNK = 32
+
+
+def complete(model, tokenizer, prompts: list[str], max_new_tokens: int, max_prompt_tokens: int) -> list[str]:
+    """Greedy completions of prompts, tokenized exactly as in training (no special
+    tokens; an empty prompt is EOS) and cut from the left to max_prompt_tokens; each
+    ends at its first EOS. Batched, left-padded, and stopped as soon as every row
+    of a chunk has written EOS, so short answers cost few steps."""
+    import tensorflow as tf
+
+    eos = tokenizer.eos_token_id
+    encoded = tokenizer(list(prompts), add_special_tokens=False, verbose=False)["input_ids"] if prompts else []
+    encoded = [(ids or [eos])[-max_prompt_tokens:] for ids in encoded]
+    completions = []
+    for start in range(0, len(encoded), COMPLETION_CHUNK):
+        chunk = encoded[start: start + COMPLETION_CHUNK]
+        width = max(map(len, chunk))
+        ids = np.array([[tokenizer.pad_token_id] * (width - len(c)) + c for c in chunk], np.int32)
+        mask = np.array([[0] * (width - len(c)) + [1] * len(c) for c in chunk], np.int32)
+        new_tokens = _sampler(model)(tf.constant(ids), tf.constant(mask), tf.constant(max_new_tokens),
+                                     tf.constant(0), tf.constant(1.0), tf.constant(0.0), tf.constant(eos)).numpy()
+        for tokens in new_tokens:
+            eos_at = np.flatnonzero(tokens == eos)
+            completions.append(tokenizer.decode(tokens[: eos_at[0]] if len(eos_at) else tokens,
+                                                skip_special_tokens=True))
+    return completions
+
+
+# A completion longer than this is cut when eval.task_max_new_tokens is unset: one
+# evaluation of 64 prompts then costs at most 2 chunks x 256 decoding steps.
+TASK_MAX_NEW_TOKENS = 256
+
+
+@dataclasses.dataclass
+class TaskEvaluation:
+    """The held-out prompts scored at each evaluation, and the length bounds of their completions."""
+    examples: list  # (prompt, reference completion) pairs; empty for free text or eval.task_examples=0
+    max_new_tokens: int = 0
+    max_prompt_tokens: int = 0
+
+    @classmethod
+    def of(cls, config, pairs, tokenizer, n_positions: int) -> "TaskEvaluation":
+        """Bounds fixed for the run: new tokens = eval.task_max_new_tokens, or the longest
+        reference completion + EOS (at most 256); the prompt keeps its last
+        min(block_size, n_positions) - new tokens (at least 1), as training cut it."""
+        examples = list(pairs[:config.eval.task_examples]) if pairs else []
+        if not examples:
+            return cls([])
+        new = config.eval.task_max_new_tokens
+        if new is None:
+            lengths = [len(ids) + 1 for ids in tokenizer([c for _, c in examples], add_special_tokens=False,
+                                                          verbose=False)["input_ids"]]
+            new = min(max(lengths), TASK_MAX_NEW_TOKENS)
+        window = min(config.data.block_size, n_positions)
+        new = max(1, min(new, window - 1))
+        return cls(examples, new, max(1, window - new))
+
+    @property
+    def references(self) -> list[str]:
+        return [c for _, c in self.examples]
+
+    def complete(self, model, tokenizer) -> list[str]:
+        return complete(model, tokenizer, [p for p, _ in self.examples], self.max_new_tokens,
+                        self.max_prompt_tokens)
+
+    def summary(self, validation_points: list[dict], best_step: int, select_by: str) -> dict:
+        """report.json's task_metrics: the base model's scores (step 0), the exported model's
+        (the best step) and the best each metric reached, with its step."""
+        from trainer.task_metrics import METRICS
+
+        def at(step):
+            point = next((p for p in validation_points if p["step"] == step), None)
+            return {k: point[f"task/{k}"] for k in METRICS if point and f"task/{k}" in point}
+
+        scored = [p for p in validation_points if f"task/{METRICS[0]}" in p]
+        best_each = {k: max(scored, key=lambda p: p[f"task/{k}"]) for k in METRICS} if scored else {}
+        return {"examples": len(self.examples), "max_new_tokens": self.max_new_tokens, "select_best_by": select_by,
+                "initial": at(0), "exported": at(best_step),
+                "best": {k: {"value": p[f"task/{k}"], "step": p["step"]} for k, p in best_each.items()}}

@@ -58,10 +58,10 @@ MIN_TRAIN_SHARDS = 16
 RECORD_FRAMING = 16  # TFRecord: length (8) + its CRC (4) + data CRC (4)
 # The data.* fields that decide which documents become which rows.
 DATA_FIELDS = ("train_files", "validation_files", "validation_fraction", "validation_max_examples",
-               "text_field", "text_separator", "normalize")
+               "text_field", "text_separator", "normalize", "prompt_field", "completion_field")
 # Fields added after a manifest format was fixed: a manifest without one was written
 # with the field's default, so an older prepared folder still matches.
-DATA_FIELD_DEFAULTS = {"normalize": ""}
+DATA_FIELD_DEFAULTS = {"normalize": "", "prompt_field": "", "completion_field": ""}
 
 
 def shard_name(split: str, index: int, count: int) -> str:

@@ -26,7 +26,7 @@ class Timings:
     training call (startup + the base model's evaluation + the first call's tracing).
     """
 
-    PARTS = ("training", "evaluation", "generation", "export", "report")
+    PARTS = ("training", "evaluation", "generation", "task_metrics", "review", "lr_auto", "export", "report")
 
     def __init__(self):
         self.seconds = dict.fromkeys(self.PARTS, 0.0)
@@ -115,6 +115,16 @@ class RunLog:
 
 def generations_markdown(samples: list[dict]) -> str:
     return "\n\n".join(f"**{s['prompt']}** {s['completion']}" for s in samples)
+
+
+def completions_markdown(examples, predictions, rows: int = 8) -> str:
+    """The first held-out prompts, their references and the model's completions, as a table."""
+    def cell(text):
+        return (text.replace("|", "\\|").replace("\n", "⏎ ").strip() or "(empty)")[:300]
+
+    lines = ["| prompt | reference | model |", "|---|---|---|"]
+    lines += [f"| {cell(p)} | {cell(r)} | {cell(m)} |" for (p, r), m in list(zip(examples, predictions))[:rows]]
+    return "\n".join(lines)
 
 
 def config_markdown(config: dict) -> str:

@@ -179,6 +179,23 @@ def check(config) -> None:
     if t.batch_size % t.grad_accum_steps:
         raise UserError(f"--config.train.batch_size={t.batch_size} must be a multiple of "
                         f"--config.train.grad_accum_steps={t.grad_accum_steps}.")
+    d = config.data
+    if bool(d.prompt_field) != bool(d.completion_field):
+        given, missing = ("prompt_field", "completion_field") if d.prompt_field else ("completion_field", "prompt_field")
+        raise UserError(f"--config.data.{given} is set but --config.data.{missing} is not: prompt/completion "
+                        "data needs both (e.g. --config.data.prompt_field=prompt "
+                        "--config.data.completion_field=completion), free text neither.")
+    if d.order == "short_first" and d.prepared_dir:
+        raise UserError("--config.data.order=short_first needs the rows in memory; prepared shards are read "
+                        "file by file through a shuffle buffer. Drop --config.data.prepared_dir or use "
+                        "--config.data.order=shuffled.")
+    if config.train.select_best_by != "loss" and not d.prompt_field:
+        raise UserError(f"--config.train.select_best_by={config.train.select_best_by} scores completions of "
+                        "prompt/completion data: set --config.data.prompt_field and "
+                        "--config.data.completion_field, or use --config.train.select_best_by=loss.")
+    if config.train.select_best_by != "loss" and config.eval.task_examples == 0:
+        raise UserError(f"--config.train.select_best_by={config.train.select_best_by} needs task metrics: "
+                        "set --config.eval.task_examples above 0 (e.g. 64).")
     tiny = config.model.tiny
     if config.model.bootstrap_tiny and tiny.n_embd % tiny.n_head:
         raise UserError(f"--config.model.tiny.n_embd={tiny.n_embd} must be a multiple of "

@@ -24,7 +24,9 @@ from trainer import model as model_lib
 from trainer import optimization
 from trainer import reporting
 from trainer import settings
+from trainer import review as review_lib
 from trainer import steps as steps_lib
+from trainer import task_metrics
 from trainer import vertex
 from trainer.errors import UserError
 
@@ -99,9 +101,14 @@ def prepare(config, log=reporting.say) -> Prepared:
     tokenizer, model_config = _tokenizer_and_model_config(config, documents.train, log)
 
     # ------------------------------------------------------------------ tokens and plan
-    train_blocks = data_lib.make_blocks(documents.train, tokenizer, config.data, "Tokenizing training")
-    val_blocks = data_lib.make_blocks(documents.validation, tokenizer, config.data, "Tokenizing validation",
-                                      keep_tail=True)
+    pairs = data_lib.is_prompt_completion(config.data)
+    train_blocks = data_lib.make_blocks(documents.train_pairs if pairs else documents.train, tokenizer,
+                                        config.data, "Tokenizing training")
+    val_blocks = data_lib.make_blocks(documents.validation_pairs if pairs else documents.validation, tokenizer,
+                                      config.data, "Tokenizing validation", keep_tail=True)
+    if config.data.order == "short_first":
+        train_blocks.curriculum = data_lib.short_first_order(train_blocks, config.seed,
+                                                             config.data.batching == "packed")
     fingerprint = ckpt_lib.data_fingerprint(train_blocks, val_blocks)
     stats = {"train": train_blocks.stats(), "validation": val_blocks.stats()}
     return _plan(config, documents, tokenizer, model_config, train_blocks, val_blocks, train_blocks,
@@ -146,8 +153,14 @@ def _prepare_from_shards(config, log) -> Prepared:
     # rows and from the first 2,000 training rows (a sample: 2,000 x 512 tokens x 12 bytes
     # = 12 MB, whatever the corpus size).
     train_sample = prepare_lib.read_blocks(config.data.prepared_dir, manifest, "train", max_rows=2000)
-    documents = data_lib.Documents(data_lib.decode_documents(train_sample, tokenizer),
-                                   data_lib.decode_documents(val_blocks, tokenizer), "prepared")
+    if data_lib.is_prompt_completion(config.data):  # the pairs, from where the labels start
+        train_pairs = data_lib.decode_pairs(train_sample, tokenizer)
+        val_pairs = data_lib.decode_pairs(val_blocks, tokenizer)
+        documents = data_lib.Documents([p + c for p, c in train_pairs], [p + c for p, c in val_pairs], "prepared",
+                                       train_pairs, val_pairs)
+    else:
+        documents = data_lib.Documents(data_lib.decode_documents(train_sample, tokenizer),
+                                       data_lib.decode_documents(val_blocks, tokenizer), "prepared")
     stats = {"train": train["stats"], "validation": manifest["splits"]["validation"]["stats"]}
     log(f"Prepared data {config.data.prepared_dir}: {shards.rows:,} training rows in {len(shards.paths)} "
         f"shard(s), {val_blocks.rows:,} validation rows; not tokenized again.")
@@ -161,6 +174,13 @@ def _plan(config, documents, tokenizer, model_config, train_blocks, val_blocks, 
         raise UserError("The validation documents hold no token to score. Add validation data or raise "
                         "--config.data.validation_fraction.")
     for split, s in (("training", stats["train"]), ("validation", stats["validation"])):
+        if "truncated_completions" in s:  # prompt/completion: prompts are cut from the left
+            cut = s["truncated_documents"] - s["truncated_completions"]
+            log(f"{split.capitalize()}: {s['documents']:,} examples, {s['tokens']:,} tokens -> {s['rows']:,} rows "
+                f"of {config.data.block_size} ({config.data.batching}); {s['supervised_tokens']:,} completion "
+                f"tokens scored; {cut:,} prompts cut from the left and {s['truncated_completions']:,} "
+                f"completions cut at the end ({s['truncated_tokens']:,} tokens).")
+            continue
         log(f"{split.capitalize()}: {s['tokens']:,} tokens -> {s['rows']:,} rows of {config.data.block_size} "
             f"({config.data.batching}); dropped {s['dropped_tokens']:,} tail tokens, truncated "
             f"{s['truncated_documents']:,} documents ({s['truncated_tokens']:,} tokens).")
@@ -282,10 +302,27 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
         run_log.text("train", "config", 0, reporting.config_markdown(resolved))
         if findings:
             run_log.text("train", "doctor", 0, doctor.markdown(findings))
-    prompts = list(config.eval.prompts) or evaluation.default_prompts(documents.validation,
-                                                                      config.eval.num_prompts)
+    pairs = documents.validation_pairs  # prompt/completion data, else None
+    prompts = list(config.eval.prompts) or (
+        [p for p, _ in pairs[:config.eval.num_prompts]] if pairs else
+        evaluation.default_prompts(documents.validation, config.eval.num_prompts))
+    task = evaluation.TaskEvaluation.of(config, pairs, tokenizer, prep.model_config.n_positions)
+    if task.examples and step == 0:
+        log(f"Task metrics: {len(task.examples)} held-out prompts completed greedily at each evaluation "
+            f"(up to {task.max_new_tokens} tokens each), scored against their completions; the best weights "
+            f"are picked by {config.train.select_best_by}.")
+    review_prompts = [p for p, _ in pairs[:config.eval.review_examples]] if pairs else \
+        evaluation.default_prompts(documents.validation, config.eval.review_examples, words=8)
+
+    def review_outputs() -> list[str]:
+        """What a person rates: greedy completions of task prompts, seeded samples of free text."""
+        if pairs:
+            return evaluation.complete(model, tokenizer, review_prompts, task.max_new_tokens, task.max_prompt_tokens)
+        return [s["completion"] for s in evaluation.sample_generations(
+            model, tokenizer, review_prompts, config.eval.max_new_tokens, config.seed)]
     training_ngrams = diagnosis.TrainingNgrams(documents.train) if chief else None
     patience = config.train.early_stopping_patience
+    select_by = config.train.select_best_by
     hypertune = vertex.HypertuneReporter(enabled=chief)  # a no-op outside a Vertex tuning trial
 
     def eval_due(at_step: int) -> bool:
@@ -308,10 +345,22 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
                                                     config.seed) if chief else []
         if distribution.agree(strategy, bool(stop.signal)):
             raise _Abandoned()
+        scores = {}
+        if task.examples and chief:
+            with timings.part("task_metrics"):
+                predictions = task.complete(model, tokenizer)
+            scores = task_metrics.score(predictions, task.references)
+            run_log.text("validation", "task_completions", at_step,
+                         reporting.completions_markdown(task.examples, predictions))
+        if at_step == 0 and config.eval.review_examples and chief:
+            with timings.part("review"):
+                state["review_base"] = review_outputs()  # the base model's side of the review sheet
         health = diagnosis.generation_health(samples, training_ngrams) if chief else {}
         run_log.scalars("validation", at_step, {"loss": metrics["loss"], "perplexity": metrics["perplexity"],
                                                 "accuracy": metrics["accuracy"],
-                                                **{f"generation/{k}": v for k, v in health.items()}})
+                                                **{f"generation/{k}": v for k, v in health.items()},
+                                                **{f"task/{k}": scores[k] for k in task_metrics.METRICS
+                                                   if k in scores}})
         run_log.text("validation", "generations", at_step, reporting.generations_markdown(samples))
         state["samples"] = samples
         for name, message in diagnosis.monitor(run_log.points("train"), run_log.points("validation")).items():
@@ -322,15 +371,25 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
         val_loss = metrics["loss"]
         if at_step == 0:
             state["initial_val_loss"] = val_loss  # the base model's figure, what fine-tuning must beat
-        if val_loss < state["best_val_loss"] - config.train.early_stopping_min_delta:
-            state["best_val_loss"], state["best_step"], state["evals_since_best"] = val_loss, at_step, 0
+        # Lower is better: the loss, or minus the task metric (computed by the chief, agreed by all,
+        # so every worker keeps the same best step and stops at the same evaluation).
+        if select_by == "loss":
+            score, min_delta = val_loss, config.train.early_stopping_min_delta
+        else:
+            score, min_delta = -distribution.from_chief(strategy, scores.get(select_by, 0.0), chief), 0.0
+        if score < state["best_score"] - min_delta:
+            state["best_score"], state["best_val_loss"] = score, val_loss
+            state["best_step"], state["evals_since_best"] = at_step, 0
             checkpoints.save_best(at_step)  # named by the state that the next save() writes
         else:
             state["evals_since_best"] += 1
         state["last_eval_step"] = at_step
         hypertune.report(val_loss, at_step)
-        log(f"Step {at_step}: validation loss {val_loss:.4f} (perplexity {math.exp(min(val_loss, 50)):.1f}; "
-            f"best {state['best_val_loss']:.4f} at step {state['best_step']}).")
+        task_line = (" " + ", ".join(f"{k} {scores[k]:.1f}" for k in task_metrics.METRICS) + ";") if scores else ""
+        best_line = (f"best {state['best_val_loss']:.4f}" if select_by == "loss" else
+                     f"best {select_by} {-state['best_score']:.1f}")
+        log(f"Step {at_step}: validation loss {val_loss:.4f} (perplexity {math.exp(min(val_loss, 50)):.1f};"
+            f"{task_line} {best_line} at step {state['best_step']}).")
         if patience and state["evals_since_best"] >= patience:
             state["stopped_early"] = True
             log(f"Early stop: no improvement in {patience} evaluations.")
@@ -439,6 +498,15 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
     with timings.part("export"):
         model_lib.export_tf(model, tokenizer, layout.export)
         model_lib.export_pytorch(model, tokenizer, layout.export_pytorch)
+    review_paths = {}
+    if config.eval.review_examples and review_prompts:
+        with timings.part("review"):  # the exported (best) model against the base model, blinded
+            base = state["review_base"] or ["(not recorded: the run started before review sheets existed)"] * \
+                len(review_prompts)
+            references = [c for _, c in pairs[:len(review_prompts)]] if pairs else [None] * len(review_prompts)
+            review_paths = review_lib.write_sheet(output_dir, [
+                {"prompt": p, "base": b, "tuned": t, "reference": r}
+                for p, b, t, r in zip(review_prompts, base, review_outputs(), references)], config.seed)
     validation_points = run_log.points("validation")
     last_val_loss = validation_points[-1]["loss"] if validation_points else float("nan")
     initial, best = state["initial_val_loss"], state["best_val_loss"]
@@ -473,6 +541,10 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
         report, plan.learning_rate, optimization.derived_learning_rate(
             prep.model_config.n_embd, plan.tokens_per_step, config.model.bootstrap_tiny),
         plan.steps_per_epoch, plan.epochs, findings)
+    if task.examples:
+        report["task_metrics"] = task.summary(validation_points, best_step, select_by)
+        report["diagnosis"] += diagnosis.task_metric_disagreement(validation_points, select_by)
+    report["review"] = review_paths
     report["monitors"] = sorted(state["monitors"])
     report["samples"] = state["samples"]
     with timings.part("report"):
