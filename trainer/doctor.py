@@ -194,6 +194,7 @@ def overfit_one_batch(config, prep, steps: int = 100, log=print) -> Finding:
     from trainer import data as data_lib, model as model_lib, steps as steps_lib
 
     model, _ = model_lib.load_model(config.model.name_or_path, log=lambda m: None)
+    model_lib.match_vocabulary(model, prep.tokenizer, log=lambda m: None)  # model.add_tokens' rows
     plan = dataclasses.replace(prep.plan, warmup_steps=5, total_steps=steps,
                                learning_rate=3 * prep.plan.learning_rate)
     optim = ml_collections.ConfigDict(config.optim.to_dict())

@@ -326,7 +326,8 @@ def _existing_tokenizer(config):
     if config.model.bootstrap_tiny and not config.model.tokenizer and \
             not filesystem.exists(config.model.name_or_path):
         return None
-    return model_lib.load_tokenizer(config.model.tokenizer or config.model.name_or_path)
+    return model_lib.load_tokenizer(config.model.tokenizer or config.model.name_or_path, config.model.add_tokens,
+                                    log=lambda m: None)
 
 
 def _already(folder: str, manifest: dict, log) -> dict:

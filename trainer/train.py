@@ -119,7 +119,7 @@ def _tokenizer_and_model_config(config, train_documents, log):
     name_or_path = config.model.name_or_path
     if config.model.bootstrap_tiny and not filesystem.isdir(name_or_path):
         model_lib.build_tiny(name_or_path, train_documents, config.model.tiny, config.seed, log)
-    tokenizer = model_lib.load_tokenizer(config.model.tokenizer or name_or_path)
+    tokenizer = model_lib.load_tokenizer(config.model.tokenizer or name_or_path, config.model.add_tokens, log)
     model_config = model_lib.load_config(name_or_path)
     if config.data.block_size > model_config.n_positions:
         raise UserError(
