@@ -160,14 +160,18 @@ class OutputDir:
         stored["checkpoint_every_steps"] = plan.checkpoint_every_steps
         return TrainingPlan(**stored, derived=self.stored.get("derived", {}))
 
-    def write_config(self, requested, resolved, plan, fingerprint, data_stats, layout: Layout) -> None:
+    def write_config(self, requested, resolved, plan, fingerprint, data_stats, layout: Layout,
+                     lr_auto: dict | None = None) -> None:
+        """lr_auto: optim.learning_rate=auto's range test (its pick is plan.learning_rate); written
+        again once it ran, so a relaunch after it reuses the pick instead of sweeping again."""
         from trainer import __version__
 
         filesystem.write_json(self.config_path, {
             "tunewell": {"format": RUN_FORMAT, "version": __version__},
             "requested": requested, "config": resolved, "derived": plan.derived,
             "plan": {k: v for k, v in vars(plan).items() if k != "derived"},
-            "data_fingerprint": fingerprint, "data": data_stats, "layout": dataclasses.asdict(layout)})
+            "data_fingerprint": fingerprint, "data": data_stats, "layout": dataclasses.asdict(layout),
+            **({"lr_auto": lr_auto} if lr_auto else {})})
 
 
 class RunState:

@@ -29,11 +29,14 @@ from trainer import data as data_lib
 from trainer import distribution
 from trainer import filesystem
 from trainer import model as model_lib
-from trainer import optimization
 from trainer import reporting
 from trainer import steps as steps_lib
 from trainer import train
 from trainer.errors import UserError
+# The sweep's pieces live in trainer/lr_range.py (the trainer's optim.learning_rate=auto
+# uses them and must not import this module's flags); the names stay reachable here.
+from trainer.lr_range import (DIVERGENCE_FACTOR, SMOOTHING, SmoothedLoss, finite_or_none,  # noqa: F401
+                              make_sweep_optimizer, run_sweep, suggest, sweep_learning_rate)
 # --config is defined once, by trainer.task (DEFINE_config_file, lock_config=True):
 # importing it defines the flag, and defining it again here would be absl's
 # DuplicateFlagError. parse_flags turns bad --config.* overrides into exit 2.
@@ -44,89 +47,10 @@ flags.DEFINE_integer("num_steps", 200, "Optimizer steps of the sweep (an upper b
 flags.DEFINE_float("min_lr", 1e-7, "Learning rate of the first step.")
 flags.DEFINE_float("max_lr", 1.0, "Learning rate of the last step.")
 
-# Exponential moving average of the loss: beta 0.9 averages over ~10 steps, a
-# third of a decade of the default sweep, enough to see through batch-to-batch
-# noise without hiding the turn of the curve.
-SMOOTHING = 0.9
-# Stop once the smoothed loss is 4x the best one seen: past that point the
-# curve only says "too high", and each further step costs time.
-DIVERGENCE_FACTOR = 4.0
-
 DIRECTORY = "lr_find"
 
 
 # ----------------------------------------------------------------------------- pieces
-
-
-def sweep_learning_rate(step, min_lr: float, max_lr: float, num_steps: int):
-    """Rate used by optimizer step `step` (0-based): min_lr at 0, max_lr at num_steps - 1.
-
-    Works on numbers (the record) and on float tensors (the optimizer's schedule),
-    so both use one definition."""
-    return min_lr * (max_lr / min_lr) ** (step / (num_steps - 1))
-
-
-class SmoothedLoss:
-    """Bias-corrected EMA: the raw average starts at 0, so step i divides by
-    1 - beta^(i+1) (Adam's correction); without it the first ~20 points read low."""
-
-    def __init__(self, beta: float = SMOOTHING):
-        self.beta, self.average, self.count = beta, 0.0, 0
-
-    def add(self, loss: float) -> float:
-        self.count += 1
-        self.average = self.beta * self.average + (1 - self.beta) * loss
-        return self.average / (1 - self.beta ** self.count)
-
-
-def suggest(lrs, smoothed) -> dict:
-    """steepest_lr, lr_at_min_loss and the suggested_learning_rate for one sweep.
-
-    Steepest descent: most negative d(smoothed loss)/d(log10 lr), looked for only
-    before the minimum (after it the curve rises, and its slopes say nothing about
-    a good rate). The suggestion is the SMALLER of the steepest rate and
-    lr_at_min_loss / 10, as fast.ai does: the minimum is where training already
-    breaks down, so a rate a decade below it is safe, and the steepest point on a
-    noisy curve can sit right next to that minimum; taking the smaller keeps the
-    conservative answer whichever of the two is fooled. steepest_lr is None when
-    the loss never fell (the minimum is the first point).
-    """
-    import numpy as np
-
-    lrs, smoothed = np.asarray(lrs, np.float64), np.asarray(smoothed, np.float64)
-    if not np.isfinite(smoothed).any():
-        raise UserError("The loss was not finite from the first step of the sweep, at the smallest learning "
-                        "rate: the model or the data is broken, not the learning rate.")
-    at_min = int(np.nanargmin(smoothed))
-    lr_at_min = float(lrs[at_min])
-    steepest = None
-    if at_min >= 1:
-        slopes = np.gradient(smoothed[: at_min + 1], np.log10(lrs[: at_min + 1]))
-        steepest = float(lrs[int(np.argmin(slopes))])
-    conservative = lr_at_min / 10
-    suggested = conservative if steepest is None else min(steepest, conservative)
-    return {"suggested_learning_rate": suggested, "steepest_lr": steepest, "lr_at_min_loss": lr_at_min}
-
-
-def make_sweep_optimizer(optim_config, min_lr: float, max_lr: float, num_steps: int):
-    """AdamW as optimization.make_optimizer builds it (same betas, epsilon, weight decay,
-    no decay on biases and LayerNorm), on the sweep's schedule. Create it inside
-    strategy.scope()."""
-    import tensorflow as tf
-
-    class ExponentialSweep(tf.keras.optimizers.schedules.LearningRateSchedule):
-        def __call__(self, step):
-            return sweep_learning_rate(tf.cast(step, tf.float32), min_lr, max_lr, num_steps)
-
-        def get_config(self):
-            return {"min_lr": min_lr, "max_lr": max_lr, "num_steps": num_steps}
-
-    return optimization.make_optimizer(None, optim_config, schedule=ExponentialSweep())
-
-
-def _finite_or_none(values):
-    """JSON has no NaN or Infinity: a loss that blew up is written as null."""
-    return [float(v) if math.isfinite(v) else None for v in values]
 
 
 def write_plot(path: str, result: dict) -> None:
@@ -234,40 +158,16 @@ def find_learning_rate(config, num_steps: int = 200, min_lr: float = 1e-7, max_l
         blocks, config.train.batch_size, steps_per_epoch, num_steps, 0, config.seed))
 
     # ------------------------------------------------------------------ sweep
-    lrs, losses, smoothed = [], [], []
-    smoother = SmoothedLoss()
-    best = math.inf
-    stopped_because, why = "completed", f"all {num_steps} steps ran"
     bar = tqdm(total=num_steps, unit="step", desc="LR range test", dynamic_ncols=True)
     try:
-        for step, batch in enumerate(batches):
-            out = train_step(batch)
-            loss = float(out["loss_sum"]) / max(float(out["count"]), 1.0)
-            lr = sweep_learning_rate(step, min_lr, max_lr, num_steps)
-            lrs.append(lr)
-            losses.append(loss)
-            smoothed.append(smoother.add(loss))
-            best = min(best, smoothed[-1])
-            bar.update(1)
-            bar.set_postfix(lr=f"{lr:.1e}", loss=f"{smoothed[-1]:.3f}")
-            if not math.isfinite(smoothed[-1]):
-                stopped_because, why = "diverged", f"the loss became {loss} at lr {lr:.1e}"
-                break
-            if smoothed[-1] > DIVERGENCE_FACTOR * best:
-                stopped_because = "diverged"
-                why = (f"smoothed loss {smoothed[-1]:.3g} > {DIVERGENCE_FACTOR:g} x best {best:.3g} "
-                       f"at lr {lr:.1e}")
-                break
-    except KeyboardInterrupt:  # Ctrl-C once the curve has turned: still report what was measured
-        stopped_because, why = "interrupted", "Ctrl-C"
-        if len(lrs) < 2:
-            raise
+        lrs, losses, smoothed, stopped_because, why = run_sweep(train_step, batches, min_lr, max_lr, num_steps,
+                                                                SMOOTHING, bar)
     finally:
         bar.close()
     log(f"Stopped after {len(lrs)} steps: {why}.")
 
     # ------------------------------------------------------------------ suggestion
-    result = {"lrs": lrs, "losses": _finite_or_none(losses), "smoothed": _finite_or_none(smoothed),
+    result = {"lrs": lrs, "losses": finite_or_none(losses), "smoothed": finite_or_none(smoothed),
               **suggest(lrs, [v if math.isfinite(v) else np.nan for v in smoothed]),
               "num_steps_run": len(lrs), "stopped_because": stopped_because}
 

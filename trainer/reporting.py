@@ -63,7 +63,7 @@ class RunLog:
 
         self.tf = tf
         self.write = write
-        logs = logs_dir or filesystem.join(output_dir, "logs")
+        logs = self.logs = logs_dir or filesystem.join(output_dir, "logs")
         self.writers = {split: tf.summary.create_file_writer(filesystem.join(logs, split))
                         for split in ("train", "validation")} if write else {}
         self.history_path = filesystem.join(output_dir, "metrics.jsonl")
@@ -104,6 +104,19 @@ class RunLog:
         with self.writers[split].as_default():
             self.tf.summary.text(tag, markdown, step=step)
         self.writers[split].flush()
+
+    def curve(self, name: str, series: dict) -> None:
+        """A curve that is not a training step's (e.g. the lr=auto range test): TensorBoard
+        only, in logs/NAME, x = its own step; never in metrics.jsonl's history."""
+        if not self.write:
+            return
+        writer = self.tf.summary.create_file_writer(filesystem.join(self.logs, name))
+        with writer.as_default():
+            for key, values in series.items():
+                for step, value in enumerate(values):
+                    if value is not None:
+                        self.tf.summary.scalar(key, value, step=step)
+        writer.close()
 
     def points(self, split: str) -> list:
         return [h for h in self.history if h["split"] == split]
@@ -199,8 +212,28 @@ def write_report_card(output_dir: str, report: dict, config: dict, findings) -> 
               f"Validation loss {report['initial_val_loss']:.3f} at step 0 -> best {report['best_val_loss']:.3f} "
               f"at step {report['best_step']} (perplexity {report['initial_val_perplexity']:.1f} -> "
               f"{report['final_val_perplexity']:.1f}); last {report['last_val_loss']:.3f}."
-              + (" Stopped early." if report["stopped_early"] else ""), "",
-              "## Data audit", ""]
+              + (" Stopped early." if report["stopped_early"] else ""), ""]
+    auto = report.get("learning_rate_auto")
+    if auto:
+        lines += [f"Learning rate (auto): {auto['learning_rate']:.3g}, {auto['reason']}; the range test cost "
+                  f"{auto['sweep_steps']} steps ({auto['share_of_run']:.1%} of the run), curve in TensorBoard "
+                  "under lr_auto.", ""]
+    task = report.get("task_metrics")
+    if task:
+        from trainer.task_metrics import METRICS
+
+        lines += ["## Task metrics", "",
+                  f"{task['examples']} held-out prompts completed greedily; best weights picked by "
+                  f"{task['select_best_by']}.", "", "| metric | base model | exported | best (step) |",
+                  "|---|---|---|---|"]
+        lines += [f"| {k} | {task['initial'].get(k, float('nan')):.1f} | {task['exported'].get(k, float('nan')):.1f} | "
+                  f"{task['best'][k]['value']:.1f} ({task['best'][k]['step']}) |" for k in METRICS if k in task["best"]]
+        lines += [""]
+    if report.get("review"):
+        lines += ["## Review sheet", "", f"Rate the blinded outputs in `{report['review']['html']}` (fill "
+                  f"`{report['review']['sheet']}`'s preferred column), then `python -m trainer.review "
+                  f"--run={output_dir} --ratings=review.csv`.", ""]
+    lines += ["## Data audit", ""]
     lines += [f"- {f.severity}: [{f.check}] {f.figure}" + (f" - fix: {f.fix}" if f.severity != "info" else "")
               for f in findings] or ["- (pre-flight off)"]
     lines += ["", "## Samples (last evaluation)", ""]

@@ -20,6 +20,7 @@ from trainer import doctor
 from trainer import evaluation
 from trainer import faults
 from trainer import filesystem
+from trainer import lr_range
 from trainer import model as model_lib
 from trainer import optimization
 from trainer import reporting
@@ -274,6 +275,20 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
         tf.keras.utils.set_random_seed(config.seed)
         model, loaded_from = model_lib.load_model(name_or_path, log)
         model_lib.match_vocabulary(model, tokenizer, log)
+    # optim.learning_rate=auto: a short range test picks the peak rate, once per run (its pick is
+    # in config.json from then on; a launch killed during the test runs it again).
+    lr_auto = (run_dir.stored or {}).get("lr_auto")
+    if config.optim.learning_rate == "auto":
+        if lr_auto is None:
+            with timings.part("lr_auto"):
+                lr_auto = lr_range.auto_learning_rate(model, strategy, prep.train_source, plan, config, log)
+            if chief:
+                run_dir.write_config(config.to_dict(), {**resolved, "optim": {
+                    **resolved["optim"], "learning_rate": lr_auto["learning_rate"]}}, dataclasses.replace(
+                        plan, learning_rate=lr_auto["learning_rate"]), fingerprint, data_stats, layout, lr_auto)
+        plan = dataclasses.replace(plan, learning_rate=lr_auto["learning_rate"])
+        resolved["optim"]["learning_rate"] = plan.learning_rate
+    with strategy.scope():
         optimizer = optimization.make_optimizer(plan, config.optim,
                                                 loss_scaling=distribution.uses_loss_scaling(precision))
         # Slots exist before a restore, so it fills them at once (no deferred restore,
@@ -300,6 +315,9 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
     run_log = reporting.RunLog(output_dir, step, state["last_eval_step"], write=chief, logs_dir=layout.logs)
     if step == 0:
         run_log.text("train", "config", 0, reporting.config_markdown(resolved))
+        if lr_auto:
+            run_log.curve("lr_auto", {"loss": lr_auto["losses"], "smoothed_loss": lr_auto["smoothed"],
+                                      "learning_rate": lr_auto["lrs"]})
         if findings:
             run_log.text("train", "doctor", 0, doctor.markdown(findings))
     pairs = documents.validation_pairs  # prompt/completion data, else None
@@ -526,6 +544,8 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
         "tokens_per_sec": state["train_tokens"] / max(state["train_seconds"], 1e-9),
         "stopped_early": bool(state["stopped_early"]),
         "learning_rate": plan.learning_rate,
+        "learning_rate_auto": {k: v for k, v in lr_auto.items() if k not in ("lrs", "losses", "smoothed")}
+        if lr_auto else None,
         "model": {"name_or_path": name_or_path, "loaded_from": str(loaded_from),
                   "parameters": model_lib.count_parameters(model)},
         "data": data_stats,

@@ -1,0 +1,201 @@
+"""The learning-rate range test's pieces, and optim.learning_rate=auto.
+
+A sweep trains while the rate grows geometrically and records the loss at each
+step (Smith 2015, "Cyclical Learning Rates", section 3.3; fast.ai's lr_find).
+`python -m trainer.lr_find` runs a long one for a person to read;
+`auto_learning_rate` runs a short one before a run (optim.learning_rate=auto).
+This module defines no flags, so the trainer can import it.
+"""
+
+import math
+import time
+
+from trainer import data as data_lib
+from trainer import optimization
+from trainer import steps as steps_lib
+from trainer.errors import UserError
+
+# Exponential moving average of the loss: beta 0.9 averages over ~10 steps, a
+# third of a decade of the default sweep, enough to see through batch-to-batch
+# noise without hiding the turn of the curve.
+SMOOTHING = 0.9
+# Stop once the smoothed loss is 4x the best one seen: past that point the
+# curve only says "too high", and each further step costs time.
+DIVERGENCE_FACTOR = 4.0
+
+def sweep_learning_rate(step, min_lr: float, max_lr: float, num_steps: int):
+    """Rate used by optimizer step `step` (0-based): min_lr at 0, max_lr at num_steps - 1.
+
+    Works on numbers (the record) and on float tensors (the optimizer's schedule),
+    so both use one definition."""
+    return min_lr * (max_lr / min_lr) ** (step / (num_steps - 1))
+
+
+class SmoothedLoss:
+    """Bias-corrected EMA: the raw average starts at 0, so step i divides by
+    1 - beta^(i+1) (Adam's correction); without it the first ~20 points read low."""
+
+    def __init__(self, beta: float = SMOOTHING):
+        self.beta, self.average, self.count = beta, 0.0, 0
+
+    def add(self, loss: float) -> float:
+        self.count += 1
+        self.average = self.beta * self.average + (1 - self.beta) * loss
+        return self.average / (1 - self.beta ** self.count)
+
+
+def suggest(lrs, smoothed) -> dict:
+    """steepest_lr, lr_at_min_loss and the suggested_learning_rate for one sweep.
+
+    Steepest descent: most negative d(smoothed loss)/d(log10 lr), looked for only
+    before the minimum (after it the curve rises, and its slopes say nothing about
+    a good rate). The suggestion is the SMALLER of the steepest rate and
+    lr_at_min_loss / 10, as fast.ai does: the minimum is where training already
+    breaks down, so a rate a decade below it is safe, and the steepest point on a
+    noisy curve can sit right next to that minimum; taking the smaller keeps the
+    conservative answer whichever of the two is fooled. steepest_lr is None when
+    the loss never fell (the minimum is the first point).
+    """
+    import numpy as np
+
+    lrs, smoothed = np.asarray(lrs, np.float64), np.asarray(smoothed, np.float64)
+    if not np.isfinite(smoothed).any():
+        raise UserError("The loss was not finite from the first step of the sweep, at the smallest learning "
+                        "rate: the model or the data is broken, not the learning rate.")
+    at_min = int(np.nanargmin(smoothed))
+    lr_at_min = float(lrs[at_min])
+    steepest = None
+    if at_min >= 1:
+        slopes = np.gradient(smoothed[: at_min + 1], np.log10(lrs[: at_min + 1]))
+        steepest = float(lrs[int(np.argmin(slopes))])
+    conservative = lr_at_min / 10
+    suggested = conservative if steepest is None else min(steepest, conservative)
+    return {"suggested_learning_rate": suggested, "steepest_lr": steepest, "lr_at_min_loss": lr_at_min}
+
+
+def run_sweep(train_step, batches, min_lr: float, max_lr: float, num_steps: int, smoothing: float, bar=None):
+    """Train on `batches` while the rate grows from min_lr to max_lr; stop when the smoothed
+    loss is not finite or DIVERGENCE_FACTOR x its best. Returns (lrs, losses, smoothed,
+    stopped_because, why). The loss of a step is the global batch's (all-reduced sums),
+    so every worker of a multi-worker job stops at the same step."""
+    lrs, losses, smoothed = [], [], []
+    smoother = SmoothedLoss(smoothing)
+    best = math.inf
+    stopped_because, why = "completed", f"all {num_steps} steps ran"
+    try:
+        for step, batch in enumerate(batches):
+            out = train_step(batch)
+            loss = float(out["loss_sum"]) / max(float(out["count"]), 1.0)
+            lr = sweep_learning_rate(step, min_lr, max_lr, num_steps)
+            lrs.append(lr)
+            losses.append(loss)
+            smoothed.append(smoother.add(loss))
+            best = min(best, smoothed[-1])
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(lr=f"{lr:.1e}", loss=f"{smoothed[-1]:.3f}")
+            if not math.isfinite(smoothed[-1]):
+                stopped_because, why = "diverged", f"the loss became {loss} at lr {lr:.1e}"
+                break
+            if smoothed[-1] > DIVERGENCE_FACTOR * best:
+                stopped_because = "diverged"
+                why = (f"smoothed loss {smoothed[-1]:.3g} > {DIVERGENCE_FACTOR:g} x best {best:.3g} "
+                       f"at lr {lr:.1e}")
+                break
+    except KeyboardInterrupt:  # Ctrl-C once the curve has turned: still report what was measured
+        stopped_because, why = "interrupted", "Ctrl-C"
+        if len(lrs) < 2:
+            raise
+    return lrs, losses, smoothed, stopped_because, why
+
+
+def make_sweep_optimizer(optim_config, min_lr: float, max_lr: float, num_steps: int):
+    """AdamW as optimization.make_optimizer builds it (same betas, epsilon, weight decay,
+    no decay on biases and LayerNorm), on the sweep's schedule. Create it inside
+    strategy.scope()."""
+    import tensorflow as tf
+
+    class ExponentialSweep(tf.keras.optimizers.schedules.LearningRateSchedule):
+        def __call__(self, step):
+            return sweep_learning_rate(tf.cast(step, tf.float32), min_lr, max_lr, num_steps)
+
+        def get_config(self):
+            return {"min_lr": min_lr, "max_lr": max_lr, "num_steps": num_steps}
+
+    return optimization.make_optimizer(None, optim_config, schedule=ExponentialSweep())
+
+
+# ----------------------------------------------------------------------------- optim.learning_rate=auto
+
+# The range test before a run may cost this share of the run's steps, within
+# [AUTO_MIN_STEPS, AUTO_MAX_STEPS]: 300 steps -> 20 (6.7%), 1,000 -> 50, 3,000 -> 100 (3.3%).
+AUTO_SHARE = 0.05
+AUTO_MIN_STEPS, AUTO_MAX_STEPS = 20, 100
+# It sweeps one decade each side of the derived rule (the rule is rarely off by
+# more; a wider sweep in so few steps would give each factor of 3 only ~3 steps),
+# and its pick is kept within a factor AUTO_BOUND of the rule (the sanity bound).
+AUTO_SPAN = 10.0
+AUTO_BOUND = 3.0
+
+
+def auto_budget(total_steps: int) -> int:
+    return int(min(AUTO_MAX_STEPS, max(AUTO_MIN_STEPS, round(AUTO_SHARE * total_steps))))
+
+
+def auto_learning_rate(model, strategy, blocks, plan, config, log=print) -> dict:
+    """optim.learning_rate=auto: a short range test on the run's own model and data, then
+    the weights are put back as they were.
+
+    Sweeps derived/10 -> derived x 10 geometrically over auto_budget(total) steps
+    (the batches of the run's first steps), picks lr_find's suggestion (the smaller of
+    the steepest descent and a tenth of the loss minimum), and keeps it within a
+    factor 3 of the derived rule; falls back to the rule when the loss never fell.
+    Returns what config.json and the report keep: the curve, the pick and why, and
+    the cost in steps (and as a share of the run)."""
+    derived = plan.learning_rate
+    num_steps = auto_budget(plan.total_steps)
+    min_lr, max_lr = derived / AUTO_SPAN, derived * AUTO_SPAN
+    # EMA over ~a sixth of the sweep (beta 0.85 at 20 steps, 0.9 from 30): the default
+    # 0.9 lags ~10 steps, half of a 20-step sweep.
+    smoothing = min(SMOOTHING, 1 - 3 / num_steps)
+    log(f"Learning rate auto: a range test of {num_steps} steps ({num_steps / plan.total_steps:.1%} of the run's "
+        f"{plan.total_steps}), {min_lr:.1e} -> {max_lr:.1e} around the derived {derived:.2g}.")
+    initial = [w.numpy() for w in model.trainable_weights]
+    with strategy.scope():
+        optimizer = make_sweep_optimizer(config.optim, min_lr, max_lr, num_steps)
+    train_step = steps_lib.make_train_step(model, optimizer, strategy, config.train.grad_accum_steps,
+                                           config.optim.max_grad_norm)
+    batches = data_lib.distributed_train_data(strategy, blocks, config.train.batch_size, plan.steps_per_epoch,
+                                              num_steps, 0, config.seed)
+    started = time.perf_counter()
+    lrs, losses, smoothed, stopped_because, why = run_sweep(train_step, batches, min_lr, max_lr, num_steps,
+                                                            smoothing)
+    seconds = time.perf_counter() - started
+    for variable, value in zip(model.trainable_weights, initial):  # the run starts from the model as loaded
+        variable.assign(value)
+    del optimizer
+    finite = [v if math.isfinite(v) else float("nan") for v in smoothed]
+    try:
+        picked = suggest(lrs, finite)
+    except UserError:
+        picked = {"suggested_learning_rate": None, "steepest_lr": None, "lr_at_min_loss": None}
+    suggestion = picked["suggested_learning_rate"]
+    if suggestion is None or picked["steepest_lr"] is None:
+        chosen, reason = derived, "the loss never fell during the sweep: the derived rule is kept"
+    else:
+        chosen = min(max(suggestion, derived / AUTO_BOUND), derived * AUTO_BOUND)
+        reason = (f"range test suggested {suggestion:.2g} (steepest {picked['steepest_lr']:.2g}, loss minimum at "
+                  f"{picked['lr_at_min_loss']:.2g})" + ("" if chosen == suggestion else
+                                                         f", kept within x{AUTO_BOUND:g} of the derived {derived:.2g}"))
+    log(f"Learning rate auto: {chosen:.3g} ({reason}); cost {len(lrs)} steps, {seconds:.1f} s.")
+    return {"learning_rate": chosen, "derived_learning_rate": derived, "reason": reason,
+            "sweep_steps": len(lrs), "budget_steps": num_steps, "share_of_run": len(lrs) / plan.total_steps,
+            "seconds": seconds, "stopped_because": stopped_because, "why_stopped": why,
+            "lrs": lrs, "losses": finite_or_none(losses), "smoothed": finite_or_none(smoothed), **picked}
+
+
+def finite_or_none(values):
+    """JSON has no NaN or Infinity: a loss that blew up is written as null."""
+    return [float(v) if math.isfinite(v) else None for v in values]
+
+
