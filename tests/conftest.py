@@ -7,6 +7,7 @@ loaded by the same from_pretrained path as a user's distilgpt2.
 import json
 import os
 import random
+import sys
 
 import pytest
 
@@ -100,9 +101,8 @@ def float32_policy():
     """The Keras precision policy is process-global: a test that trains in bfloat16
     must not leave the next test's models in it."""
     yield
-    import tensorflow as tf
-
-    tf.keras.mixed_precision.set_global_policy("float32")
+    if "tensorflow" in sys.modules:  # a test that never imported TensorFlow did not change it (2 s saved)
+        sys.modules["tensorflow"].keras.mixed_precision.set_global_policy("float32")
 
 
 def quiet(_message):

@@ -192,3 +192,107 @@ def test_normalization_steps_and_their_order(tmp_path):
     config.data.normalize = "nfkc,lower"
     with pytest.raises(UserError, match="--config.data.normalize='nfkc,lower' is not valid"):
         settings.check(config)
+
+
+# ----------------------------------------------------------------------------- prompt/completion
+
+def ids(*values):
+    return np.array(values, np.int32)
+
+
+# Three examples: prompt ids 1x, completion ids 2x/3x ending in EOS.
+PROMPTS = [ids(11, 12, 13), ids(14), ids(15, 16)]
+COMPLETIONS = [ids(21, 22, EOS), ids(31, EOS), ids(41, 42, 43, EOS)]
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_prompt_tokens_carry_ignore_and_completion_and_eos_are_scored(packed):
+    blocks = data.example_blocks(PROMPTS, COMPLETIONS, block_size=10, pad_token_id=EOS, packed=packed)
+    scored = set()
+    for row_ids, row_labels, row_mask in zip(blocks.input_ids, blocks.labels, blocks.attention_mask):
+        for token, label, on in zip(row_ids, row_labels, row_mask):
+            if not on:
+                assert label == IGNORE_INDEX  # padding
+            elif 10 < token < 20:
+                assert label == IGNORE_INDEX  # every prompt token
+            else:
+                assert label == token  # completion tokens and their EOS, unshifted (the loss shifts)
+                scored.add(int(token))
+    assert scored == {21, 22, 31, 41, 42, 43, EOS}
+    assert blocks.supervised_tokens == 3 + 2 + 4  # every completion token and EOS, nothing else
+    if packed:  # whole examples, never split: 6 + 3 tokens fit in 10, the third (6) starts a row
+        np.testing.assert_array_equal(blocks.input_ids, [[11, 12, 13, 21, 22, EOS, 14, 31, EOS, EOS],
+                                                         [15, 16, 41, 42, 43, EOS, EOS, EOS, EOS, EOS]])
+        np.testing.assert_array_equal(blocks.attention_mask[0], [1] * 9 + [0])
+        assert blocks.rows == 2
+    else:
+        assert blocks.rows == 3
+
+
+def test_packed_examples_never_score_across_a_boundary():
+    """The token after an example's EOS is the next example's first prompt token: it is
+    never a label, so nothing is scored as the continuation of another example; and no
+    completion is scored without its own prompt before it in the row."""
+    rng = np.random.default_rng(0)
+    prompts = [np.arange(100, 100 + rng.integers(1, 6), dtype=np.int32) for _ in range(40)]
+    completions = [np.append(np.arange(200, 200 + rng.integers(0, 5), dtype=np.int32), EOS) for _ in range(40)]
+    blocks = data.example_blocks(prompts, completions, block_size=12, pad_token_id=EOS, packed=True)
+    for row_ids, row_labels, row_mask in zip(blocks.input_ids, blocks.labels, blocks.attention_mask):
+        length = int(row_mask.sum())
+        assert row_labels[0] == IGNORE_INDEX  # a row starts with a prompt, never mid-completion
+        for t in range(1, length):
+            if row_ids[t - 1] == EOS and row_mask[t - 1]:  # an example ended at t-1
+                assert row_labels[t] == IGNORE_INDEX
+    assert sum(b.size for b in [blocks.labels[blocks.labels != IGNORE_INDEX]]) == sum(map(len, completions))
+
+
+def test_long_prompts_are_cut_from_the_left_never_the_completion():
+    prompt, completion = np.arange(1, 11, dtype=np.int32), ids(21, 22, EOS)  # 10 + 3 > block 8
+    blocks = data.example_blocks([prompt], [completion], block_size=8, pad_token_id=EOS, packed=False)
+    np.testing.assert_array_equal(blocks.input_ids[0], [6, 7, 8, 9, 10, 21, 22, EOS])  # the prompt's END stays
+    np.testing.assert_array_equal(blocks.labels[0][5:], [21, 22, EOS])
+    assert (blocks.truncated_documents, blocks.truncated_completions, blocks.truncated_tokens) == (1, 0, 5)
+    # A completion longer than the block keeps one prompt token and is cut at the end.
+    long_completion = np.arange(30, 40, dtype=np.int32)
+    blocks = data.example_blocks([prompt], [long_completion], block_size=8, pad_token_id=EOS, packed=False)
+    np.testing.assert_array_equal(blocks.input_ids[0], [10, 30, 31, 32, 33, 34, 35, 36])
+    assert blocks.truncated_completions == 1 and blocks.stats()["truncated_completions"] == 1
+
+
+def test_prompt_completion_records_are_read_verbatim_and_checked(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"q": "Q: 2+2?\nA:", "a": " 4"}) + "\n" + json.dumps({"q": "x", "a": None}) + "\n")
+    assert data.read_examples(str(path), "--config.data.train_files", "q", "a") == [("Q: 2+2?\nA:", " 4"), ("x", "")]
+    with pytest.raises(UserError, match=r"line 1: no field 'answer'.*--config.data.completion_field"):
+        data.read_examples(str(path), "--config.data.train_files", "q", "answer")
+    text = tmp_path / "free.txt"
+    text.write_text("just text\n")
+    with pytest.raises(UserError, match="free text. Unset both fields"):
+        data.read_examples(str(text), "--config.data.train_files", "q", "a")
+    csv = tmp_path / "pairs.csv"
+    csv.write_text('prompt,completion\n"Say hi:", hello\n')
+    assert data.read_examples(str(csv), "f", "prompt", "completion") == [("Say hi:", " hello")]
+
+
+def test_decode_pairs_recovers_prepared_examples():
+    class Tokenizer:
+        eos_token_id = EOS
+
+        def decode(self, token_ids):
+            return " ".join(map(str, token_ids))
+
+    blocks = data.example_blocks(PROMPTS, COMPLETIONS, block_size=10, pad_token_id=EOS, packed=True)
+    assert data.decode_pairs(blocks, Tokenizer()) == [("11 12 13", "21 22"), ("14", "31"), ("15 16", "41 42 43")]
+
+
+def test_short_first_orders_the_first_epoch_only():
+    blocks = data.pad_blocks(docs(9, 1, 5, 3, 7, 2), block_size=16, pad_token_id=EOS)
+    curriculum = data.short_first_order(blocks, seed=0, packed=False)
+    np.testing.assert_array_equal(blocks.document_lengths[curriculum], sorted(blocks.document_lengths))
+    blocks.curriculum = curriculum
+    order = data.train_order(6, 2, 3, 6, 0, seed=0, curriculum=curriculum)  # 2 epochs of 3 steps
+    np.testing.assert_array_equal(order[:6], curriculum)
+    np.testing.assert_array_equal(order[6:], data.epoch_order(6, 0, 1))  # epoch 2: shuffled as usual
+    # Packed free text: a row is as long as the longest document it touches.
+    packed = data.pack_blocks(docs(2, 20, 2, 2, 2, 2), block_size=8)  # 36 tokens: 4 rows
+    np.testing.assert_array_equal(data.row_document_lengths(packed, packed=True), [21, 21, 21, 3])

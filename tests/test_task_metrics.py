@@ -9,13 +9,6 @@ from trainer import task_metrics
 from trainer.task_metrics import exact_match, normalize_answer, rouge_l, score, token_f1
 
 
-@pytest.fixture(autouse=True)
-def float32_policy():
-    """Replaces conftest's fixture of that name, which imports TensorFlow after every
-    test to reset the Keras policy (2.3 s here): these tests build no models."""
-    yield
-
-
 def test_normalize_answer_drops_case_punctuation_symbols_and_extra_spaces():
     assert normalize_answer("  Hello,   WORLD! ¿Qué tal? «ok» 50 € ") == "hello world qué tal ok 50"
     assert normalize_answer("ＰＡＲＩＳ") == "paris"  # fullwidth letters, NFKC

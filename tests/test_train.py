@@ -204,7 +204,8 @@ def test_the_compiled_sampler_matches_transformers_generate(tiny_model_dir):
                                eos_token_id=None)[:, encoded["input_ids"].shape[1]:].numpy()
     ours = evaluation._sampler(model)(tf.cast(encoded["input_ids"], tf.int32),
                                       tf.cast(encoded["attention_mask"], tf.int32), tf.constant(6),
-                                      tf.constant(0), tf.constant(1.0), tf.constant(1e-6)).numpy()
+                                      tf.constant(0), tf.constant(1.0), tf.constant(1e-6),
+                                      tf.constant(-1)).numpy()  # eos -1: never stops early
     np.testing.assert_array_equal(ours, reference)
     samples = evaluation.sample_generations(model, tokenizer, ["river stone", ""], 5, seed=3)
     assert samples == evaluation.sample_generations(model, tokenizer, ["river stone", ""], 5, seed=3)  # seeded

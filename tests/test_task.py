@@ -1,0 +1,216 @@
+"""Fine-tuning for a task: prompt/completion runs end to end, greedy completions,
+task metrics at each evaluation choosing the exported weights, the review sheet,
+the loss-against-metric diagnosis, and optim.learning_rate=auto."""
+
+import csv
+import json
+import os
+import random
+
+import numpy as np
+import pytest
+
+from tests.conftest import WORDS, quiet, small_config
+from trainer import diagnosis, evaluation, lr_range, task_metrics, train
+from trainer import model as model_lib
+
+
+def task_records(n: int, seed: int = 0) -> list[dict]:
+    """A label per word: "Is the owl even? =>" -> " yes" or " no" (its place in WORDS).
+    A 1-layer, 32-wide model learns it in 150 steps; copying a word it does not."""
+    rng = random.Random(seed)
+    records = []
+    for _ in range(n):
+        word = rng.choice(WORDS)
+        records.append({"prompt": f"Is the {word} even? =>", "completion": " yes" if WORDS.index(word) % 2 == 0
+                        else " no"})
+    return records
+
+
+@pytest.fixture(scope="module")
+def task_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("task")
+    paths = []
+    for name, n, seed in (("train", 400, 0), ("validation", 40, 1)):
+        path = folder / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in task_records(n, seed)))
+        paths.append(str(path))
+    return paths
+
+
+TASK = {"data.prompt_field": "prompt", "data.completion_field": "completion", "train.epochs": 3,
+        "train.eval_every_steps": 10, "eval.task_examples": 16, "eval.review_examples": 6,
+        "train.early_stopping_patience": 0, "preflight": "off"}
+
+
+@pytest.fixture(scope="module")
+def task_run(tmp_path_factory, task_files, tiny_model_dir):
+    train_file, validation_file = task_files
+    config = small_config(tmp_path_factory.mktemp("task-run") / "out", train_file, tiny_model_dir,
+                          **{**TASK, "data.validation_files": validation_file, "train.select_best_by": "token_f1"})
+    lines = []
+    return config, train.train_and_evaluate(config, log=lines.append), lines
+
+
+def test_task_metrics_are_logged_at_every_evaluation_and_pick_the_export(task_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config, report, lines = task_run
+    points = report["history"]["validation"]
+    assert [p["step"] for p in points] == list(range(0, report["steps"] + 1, 10))
+    for p in points:
+        assert all(0.0 <= p[f"task/{k}"] <= 100.0 for k in task_metrics.METRICS)
+    f1 = [p["task/token_f1"] for p in points]
+    assert max(f1) > f1[0] + 20  # the copy task is learnt, and the metric shows it
+    # select_best_by=token_f1: the export is the first evaluation with the highest token F1,
+    # and report.json's best_val_loss is that evaluation's loss (not the lowest loss).
+    best = max(points, key=lambda p: (p["task/token_f1"], -p["step"]))
+    assert report["best_step"] == best["step"]
+    assert report["best_val_loss"] == best["loss"]
+    summary = report["task_metrics"]
+    assert summary["select_best_by"] == "token_f1" and summary["examples"] == 16
+    assert summary["initial"]["token_f1"] == f1[0] and summary["exported"]["token_f1"] == max(f1)
+    events = EventAccumulator(os.path.join(config.output_dir, "logs", "validation"),
+                              size_guidance={"tensors": 0}).Reload()
+    assert {f"task/{k}" for k in task_metrics.METRICS} <= set(events.Tags()["tensors"])
+    assert "task_completions" in events.Tags()["tensors"]
+    assert any("completion tokens scored" in line for line in lines)
+    assert "Task metrics" in open(os.path.join(config.output_dir, "report.md")).read()
+
+
+def test_the_exported_model_does_the_task_as_scored(task_run):
+    """Greedy completions of the export, scored again, give the report's exported figures."""
+    config, report, _ = task_run
+    export = os.path.join(config.output_dir, "export")
+    model, _ = model_lib.load_model(export, log=quiet)
+    tokenizer = model_lib.load_tokenizer(export)
+    records = [json.loads(line) for line in open(config.data.validation_files)][:16]
+    task = evaluation.TaskEvaluation([(r["prompt"], r["completion"]) for r in records],
+                                     report["task_metrics"]["max_new_tokens"], 32 - report["task_metrics"]["max_new_tokens"])
+    scores = task_metrics.score(task.complete(model, tokenizer), task.references)
+    assert scores["token_f1"] == pytest.approx(report["task_metrics"]["exported"]["token_f1"], abs=1e-6)
+
+
+def test_the_review_sheet_pairs_base_and_fine_tuned_outputs_blinded(task_run):
+    config, report, _ = task_run
+    sheet = list(csv.DictReader(open(report["review"]["sheet"], encoding="utf-8-sig")))
+    key = {row["id"]: row for row in csv.DictReader(open(report["review"]["key"], encoding="utf-8-sig"))}
+    records = [json.loads(line) for line in open(config.data.validation_files)][:6]
+    assert [row["prompt"] for row in sheet] == [r["prompt"] for r in records]
+    assert [row["reference"] for row in sheet] == [r["completion"] for r in records]
+    assert all(row["preferred"] == "" and row["notes"] == "" for row in sheet)
+    tuned = [row["output_a"] if key[row["id"]]["output_a"] == "tuned" else row["output_b"] for row in sheet]
+    base = [row["output_b"] if key[row["id"]]["output_a"] == "tuned" else row["output_a"] for row in sheet]
+    assert sum(key[row["id"]]["output_a"] == "tuned" for row in sheet) == 3  # balanced blinding
+    # The fine-tuned side is the export's greedy completion; the base side the model at step 0.
+    assert task_metrics.score(tuned, [r["completion"] for r in records])["token_f1"] > \
+        task_metrics.score(base, [r["completion"] for r in records])["token_f1"]
+    assert os.path.exists(os.path.join(config.output_dir, "review.html"))
+
+
+def test_greedy_completions_batched_match_one_at_a_time_and_stop_at_eos(tiny_model_dir):
+    model, _ = model_lib.load_model(tiny_model_dir, log=quiet)
+    tokenizer = model_lib.load_tokenizer(tiny_model_dir)
+    prompts = ["Note 3. The owl", "river", "", "Note 12. Fox carries the lamp near the"]
+    together = evaluation.complete(model, tokenizer, prompts, max_new_tokens=8, max_prompt_tokens=24)
+    alone = [evaluation.complete(model, tokenizer, [p], max_new_tokens=8, max_prompt_tokens=24)[0] for p in prompts]
+    assert together == alone  # left padding changes nothing
+    for prompt, text in zip(prompts, together):  # = transformers' greedy decoding, cut at EOS
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]
+        reference = model.generate(input_ids=np.array([ids]), attention_mask=np.ones([1, len(ids)]), max_new_tokens=8,
+                                   do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                                   eos_token_id=tokenizer.eos_token_id)[0, len(ids):].numpy().tolist()
+        if tokenizer.eos_token_id in reference:
+            reference = reference[:reference.index(tokenizer.eos_token_id)]
+        assert text == tokenizer.decode(reference, skip_special_tokens=True)
+
+
+def test_task_bounds_come_from_the_references_and_the_block():
+    class Config:
+        class eval:  # noqa: N801
+            task_examples, task_max_new_tokens = 2, None
+
+        class data:  # noqa: N801
+            block_size = 16
+
+    class Tokenizer:
+        def __call__(self, texts, **_):
+            return {"input_ids": [t.split() for t in texts]}
+
+    task = evaluation.TaskEvaluation.of(Config, [("p", "a b c"), ("q", "a"), ("r", "x y z w v")], Tokenizer(), 1024)
+    assert len(task.examples) == 2 and task.max_new_tokens == 3 + 1  # longest reference + EOS
+    assert task.max_prompt_tokens == 16 - 4
+
+
+POINTS = [{"step": 0, "loss": 4.0, "task/token_f1": 10.0},
+          {"step": 10, "loss": 3.0, "task/token_f1": 10.5},
+          {"step": 20, "loss": 2.5, "task/token_f1": 11.0}]
+
+
+def test_diagnosis_says_when_the_loss_improves_but_the_task_does_not():
+    found = diagnosis.task_metric_disagreement(POINTS, "loss")
+    assert [f["label"] for f in found] == [diagnosis.TASK_DISAGREEMENT]
+    assert "did not" in found[0]["summary"] and "token_f1" in found[0]["summary"]
+
+
+def test_diagnosis_says_when_the_metric_peaks_elsewhere_than_the_loss():
+    points = [{"step": 0, "loss": 4.0, "task/exact_match": 0.0}, {"step": 10, "loss": 3.0, "task/exact_match": 40.0},
+              {"step": 20, "loss": 2.8, "task/exact_match": 25.0}]
+    found = diagnosis.task_metric_disagreement(points, "loss")
+    assert found == [] or "exact_match" not in found[0]["summary"]  # select_by=loss judges with token_f1
+    points = [{**p, "task/token_f1": p["task/exact_match"]} for p in points]
+    found = diagnosis.task_metric_disagreement(points, "loss")
+    assert found[0]["next"] == ["--config.train.select_best_by=token_f1"] and "step 10" in found[0]["summary"]
+
+
+def test_diagnosis_is_quiet_when_loss_and_metric_agree():
+    points = [{"step": s, "loss": 4.0 - s / 10, "task/token_f1": 10.0 + 3 * s} for s in (0, 10, 20)]
+    assert diagnosis.task_metric_disagreement(points, "loss") == []
+    assert diagnosis.task_metric_disagreement(points, "token_f1") == []
+
+
+# ----------------------------------------------------------------------------- learning_rate=auto
+
+
+def test_auto_picks_a_rate_in_the_stable_region_at_a_bounded_cost(tmp_path, corpus_file, tiny_model_dir):
+    import tensorflow as tf
+
+    from trainer import distribution
+
+    config = small_config(tmp_path / "out", corpus_file, tiny_model_dir, **{"optim.learning_rate": "auto"})
+    prep = train.prepare(config, log=quiet)
+    strategy = distribution.get_strategy(config.runtime, quiet)
+    with strategy.scope():
+        model, _ = model_lib.load_model(tiny_model_dir, log=quiet)
+    before = [w.numpy() for w in model.trainable_weights]
+    result = lr_range.auto_learning_rate(model, strategy, prep.train_source, prep.plan, prep.config, log=quiet)
+    # Cost: 5% of the run, at least 20 and at most 100 steps; the weights are put back.
+    assert result["sweep_steps"] <= result["budget_steps"] == lr_range.auto_budget(prep.plan.total_steps)
+    assert 20 <= result["budget_steps"] <= 100
+    for w, b in zip(model.trainable_weights, before):
+        np.testing.assert_array_equal(w.numpy(), b)
+    # The pick: below the loss minimum (where the curve still falls), within x3 of the rule.
+    derived = prep.plan.learning_rate
+    assert derived / 3 <= result["learning_rate"] <= derived * 3
+    assert result["steepest_lr"] is not None and result["learning_rate"] <= result["lr_at_min_loss"]
+    smoothed = result["smoothed"]
+    at_pick = int(np.searchsorted(result["lrs"], result["learning_rate"]))
+    assert smoothed[min(at_pick, len(smoothed) - 1)] < smoothed[0]  # the loss had started to fall there
+    tf.keras.backend.clear_session()
+
+
+def test_auto_in_a_run_is_recorded_and_not_redone_on_relaunch(tmp_path, corpus_file, tiny_model_dir):
+    config = small_config(tmp_path / "out", corpus_file, tiny_model_dir,
+                          **{"optim.learning_rate": "auto", "train.max_steps": 30, "preflight": "off",
+                             "eval.review_examples": 0})
+    lines = []
+    report = train.train_and_evaluate(config, log=lines.append)
+    stored = json.load(open(os.path.join(config.output_dir, "config.json")))
+    picked = stored["lr_auto"]["learning_rate"]
+    assert report["learning_rate"] == stored["plan"]["learning_rate"] == picked
+    assert report["learning_rate_auto"]["sweep_steps"] == stored["lr_auto"]["sweep_steps"]
+    assert any(line.startswith("Learning rate auto:") and "cost" in line for line in lines)
+    assert os.path.isdir(os.path.join(config.output_dir, "logs", "lr_auto"))
+    again = []
+    train.train_and_evaluate(config, log=again.append)  # complete: reported, no second sweep
+    assert not any("range test" in line for line in again)
