@@ -6,6 +6,7 @@ here on the corpus with the `tokenizers` library.
 """
 
 import random
+import re
 
 import pytest
 
@@ -313,6 +314,260 @@ def test_foreign_script_is_rare_characters(tokenize):
     # 21 + 25 Greek letters of 26 + 30 characters (the rest are spaces and full stops).
     assert stats["rare_char_share"] == pytest.approx(46 / 56)
     assert [f.severity for f in audit.fertility_findings(stats, block_size=128)] == ["warning"]
+
+
+# ----------------------------------------------------------------------------- add_tokens hint
+
+# Every word of the forty sentences is one token; any other word costs one token
+# per three letters, as rare words do in a BPE: "acetylsalicylic" (15 letters) is 5.
+KNOWN_WORDS = set(re.findall(r"[^\W\d_]+", " ".join(SENTENCES)))
+
+
+def known_words_tokenize(texts):
+    return [[piece for word in re.findall(r"[^\W\d_]+|\d|[^\w\s]", text)
+             for piece in ([word] if word in KNOWN_WORDS else [word[i:i + 3] for i in range(0, len(word), 3)])]
+            for text in texts]
+
+
+def test_frequent_words_cut_into_many_pieces_are_add_tokens_candidates():
+    lab = [f"{s} Add the acetylsalicylic acid to dimethylformamide." for s in SENTENCES]
+    lab += [f"{s} Then add tetrahydrofuran." for s in SENTENCES[:19]]  # 19 < 20 occurrences: not a candidate
+    calls = []
+
+    def tokenize(texts):
+        calls.append(list(texts))
+        return known_words_tokenize(texts)
+
+    stats = audit.fertility_stats(lab, tokenize)
+    # Two calls: the sampled documents, then each distinct frequent form once, with its leading space.
+    assert len(calls) == 2 and len(calls[1]) == len(set(calls[1])) and " acetylsalicylic" in calls[1]
+    assert [(w["word"], w["count"], w["pieces"]) for w in stats["split_word_examples"]] == [
+        ("dimethylformamide", 40, 6), ("acetylsalicylic", 40, 5)]  # most tokens saved first
+    saved = 40 * 5 + 40 * 4
+    assert stats["split_word_saving_share"] == pytest.approx(saved / sum(map(len, tokenize(lab))))
+    findings = audit.fertility_findings(stats, block_size=128)
+    hint = [f for f in findings if "split_words" in f.data]
+    assert [f.severity for f in hint] == ["warning"]  # 560 of ~2,000 tokens saved: over 15%
+    assert "--config.model.add_tokens=FILE" in hint[0].fix and "dimethylformamide, acetylsalicylic" in hint[0].fix
+    assert hint[0].data["split_words"][0] == {"word": "dimethylformamide", "count": 40, "pieces": 6}
+    # A small vocabulary cuts most words: the hint stays info and a larger vocabulary comes first.
+    (small,) = [f for f in audit.fertility_findings(stats, 128, vocab_size=2048) if "split_words" in f.data]
+    assert small.severity == "info" and small.fix.startswith("A 2,048-token vocabulary cuts most words")
+
+
+def test_no_add_tokens_hint_on_plain_prose(tokenize):
+    for tokenizer in (tokenize, known_words_tokenize):
+        stats = audit.fertility_stats(PARAGRAPHS, tokenizer)
+        assert stats["split_word_saving_share"] == 0
+        assert [f.severity for f in audit.fertility_findings(stats, block_size=128)] == ["info"]
+    # Without a tokenizer (token counts only) nothing is measured.
+    stats = audit.fertility_stats(TRAIN, None, token_counts=[len(t) for t in known_words_tokenize(TRAIN)])
+    assert stats["split_words"] == 0 and len(audit.fertility_findings(stats, block_size=128)) == 1
+
+
+def test_add_tokens_hint_counts_line_starts_apart():
+    """'Ethoxyquin' opening a line is tokenized without the space it has mid-sentence."""
+    def tokenize(texts):  # ' Ethoxyquin' is 4 pieces, 'Ethoxyquin' 1
+        return [[t] if t == "Ethoxyquin" else known_words_tokenize([t])[0] for t in texts]
+
+    stats = audit.fertility_stats([f"Ethoxyquin {s}" for s in SENTENCES], tokenize)
+    assert stats["split_words"] == 0
+    stats = audit.fertility_stats([f"{s} Ethoxyquin" for s in SENTENCES], tokenize)
+    assert [(w["word"], w["pieces"]) for w in stats["split_word_examples"]] == [("Ethoxyquin", 4)]
+
+
+# ----------------------------------------------------------------------------- prompt/completion
+
+
+def count_tokens(text: str) -> int:
+    """Words and punctuation marks: close enough to GPT-2's counts on this English."""
+    return len(re.findall(r"\w+|[^\w\s]", text))
+
+
+def pc_stats(pairs, block_size=64, **kwargs):
+    return audit.prompt_completion_stats(pairs, [count_tokens(p) for p, _ in pairs],
+                                         [count_tokens(c) + 1 for _, c in pairs], block_size, **kwargs)
+
+
+def pc_issues(findings, severity=None):
+    return [f.data["issue"] for f in findings if severity is None or f.severity == severity]
+
+
+def question_answers(n: int = 120, seed: int = 0) -> list[tuple[str, str]]:
+    """Extraction data: one-word answers after "Answer:" (what OpenAI's guide recommends)."""
+    rng = random.Random(seed)
+    pairs = []
+    for i in range(n):
+        sentence = SENTENCES[i % len(SENTENCES)]
+        words = sentence.rstrip(".").split()
+        k = rng.randrange(len(words))
+        pairs.append((f"Question: Which word is number {k + 1} in the sentence '{sentence}'?\nAnswer:",
+                      " " + words[k]))
+    return pairs
+
+
+def continuations() -> list[tuple[str, str]]:
+    """Generation data: the first half of a sentence, a newline, then the second half."""
+    pairs = []
+    for sentence in SENTENCES:
+        words = sentence.split()
+        half = len(words) // 2
+        pairs.append((f"Continue the sentence: {' '.join(words[:half])}\n", " " + " ".join(words[half:])))
+    return pairs
+
+
+def test_clean_prompt_completion_data_gives_only_info():
+    for pairs in (question_answers(), continuations()):
+        findings = audit.prompt_completion_findings(pc_stats(pairs))
+        assert pc_issues(findings) == ["supervised_share"], [f.figure for f in findings]
+        assert all(f.check == "prompt_completion" and f.fix for f in findings)
+    stats = pc_stats(question_answers())
+    assert stats["ending"]["separator"] == ".'?\nAnswer:"  # every sentence ends with "." then the template
+    assert pc_stats(continuations())["ending"]["separator"] == "\n"
+
+
+def test_supervised_share_counts_what_the_model_reads():
+    # 10 examples: prompt 12 tokens, completion 4 + EOS; at block_size 16 the prompt keeps 11.
+    stats = audit.prompt_completion_stats([("p", "c")] * 10, [12] * 10, [5] * 10, block_size=16)
+    assert stats["supervised_share"] == pytest.approx(5 / 16)
+    assert stats["prompt_cut"] == 10 and stats["prompt_tokens_cut"] == 10 * 1
+    (finding,) = [f for f in audit.prompt_completion_findings(stats) if f.data["issue"] == "supervised_share"]
+    assert finding.severity == "info" and "31.2%" in finding.figure
+    assert "completions only" in finding.why
+
+
+def test_long_completions_and_prompts_that_fill_the_block_are_errors():
+    pairs = question_answers(100)
+    pairs[0] = (pairs[0][0], " " + " ".join(["word"] * 70))  # completion + EOS = 71 > 64: cut at the right
+    pairs[1] = ("Read this: " + " ".join(["word"] * 70) + "\nAnswer:", " word")  # prompt alone fills the block
+    stats = pc_stats(pairs)
+    assert (stats["completion_cut"], stats["prompt_fills_block"], stats["prompt_cut"]) == (1, 1, 0)
+    findings = audit.prompt_completion_findings(stats)
+    by_issue = {f.data["issue"]: f for f in findings}
+    assert by_issue["completion_cut"].severity == "error"  # 1 of 100 = 1%
+    assert by_issue["prompt_fills_block"].severity == "error"
+    assert "1.0% (1 of 100)" in by_issue["completion_cut"].figure
+    assert by_issue["completion_cut"].fix.startswith("--config.data.block_size=128 (fits 100% ")
+    assert "END" in by_issue["prompt_fills_block"].fix
+    assert by_issue["prompt_fills_block"].data["examples"][0].startswith("Read this: word")
+    # One in 200 is a warning; and with the model's positions already at 64, no larger block is suggested.
+    stats = pc_stats(pairs + question_answers(100, seed=1), n_positions=64)
+    findings = {f.data["issue"]: f for f in audit.prompt_completion_findings(stats)}
+    assert findings["completion_cut"].severity == "warning"
+    assert "already the model's limit" in findings["completion_cut"].fix
+
+
+def test_prompts_cut_from_the_left_are_info_then_a_warning():
+    long_prompt = ("Read this: " + " ".join(["word"] * 50) + "\nAnswer:", " " + " ".join(["word"] * 20))
+    few = question_answers(100)[:97] + [long_prompt] * 3  # 3%: info
+    findings = audit.prompt_completion_findings(pc_stats(few))
+    assert [f.severity for f in findings if f.data["issue"] == "prompt_cut"] == ["info"]
+    many = question_answers(100)[:90] + [long_prompt] * 10  # 10%: warning, with a block that fits them
+    stats = pc_stats(many)
+    (finding,) = [f for f in audit.prompt_completion_findings(stats) if f.data["issue"] == "prompt_cut"]
+    assert finding.severity == "warning" and "10.0% (10 of 100)" in finding.figure
+    assert "--config.data.block_size=128" in finding.fix
+    # What the model reads of them: the 21 completion tokens and the prompt's last 43.
+    assert stats["prompt_tokens_cut"] == 10 * (count_tokens(long_prompt[0]) - (64 - 21))
+
+
+def test_prompts_without_a_common_separator_warn():
+    # Bare sentences as prompts: the shared ending is a full stop, which text goes on after.
+    bare = [(s, " yes") for s in SENTENCES]
+    stats = pc_stats(bare)
+    assert stats["ending"]["ending"] == "." and stats["ending"]["separator"] is None
+    (finding,) = [f for f in audit.prompt_completion_findings(stats) if f.data["issue"] == "separator"]
+    assert finding.severity == "warning" and "'\\n\\n###\\n\\n'" in finding.fix
+    # Two templates half and half: no ending reaches 90%.
+    mixed = question_answers(60)[:30] + [(p.replace("\nAnswer:", " ->"), c) for p, c in question_answers(60)[30:]]
+    stats = pc_stats(mixed)
+    assert stats["ending"]["separator"] is None and stats["ending"]["ending_share"] == pytest.approx(0.5)
+    assert pc_issues(audit.prompt_completion_findings(stats), "warning") == ["separator"]
+    # The suggestion is one that no prompt contains.
+    hashes = [(p + "\n\n###\n\n body.", c) for p, c in bare]
+    assert pc_stats(hashes)["ending"]["suggested_separator"] == " ->"
+
+
+def test_a_separator_ending_with_a_space_is_found_under_the_space():
+    # 95 end with "Answer: ", 5 with "=> ": the space ends them all but is no separator.
+    pairs = [(p + " ", c.lstrip()) for p, c in question_answers(95)]
+    pairs += [(f"{s} => ", "no") for s in SENTENCES[:5]]
+    stats = pc_stats(pairs)
+    assert stats["ending"]["separator"] == ".'?\nAnswer: " and stats["ending"]["lacking"] == 5
+    assert pc_issues(audit.prompt_completion_findings(stats), "warning") == []
+
+
+def test_a_few_prompts_missing_the_separator_are_listed():
+    pairs = question_answers(100)
+    pairs[5] = (pairs[5][0].replace("\nAnswer:", ""), pairs[5][1])
+    stats = pc_stats(pairs)
+    assert stats["ending"]["separator"] == ".'?\nAnswer:" and stats["ending"]["lacking"] == 1
+    (finding,) = [f for f in audit.prompt_completion_findings(stats) if f.data["issue"] == "separator"]
+    assert finding.severity == "info" and finding.data["examples"] == [pairs[5][0]]
+
+
+def test_is_separator():
+    assert all(audit.is_separator(e) for e in ("\nAnswer:", " ->", "\n\n###\n\n", "?", "\n", "Sentiment"))
+    assert not any(audit.is_separator(e) for e in (".", " !", "d", "7", "  ", ""))
+
+
+def test_completions_starting_with_and_without_a_space_warn_when_mixed():
+    pairs = question_answers(100)
+    for i in range(0, 100, 3):  # 34 of 100 lose their leading space
+        pairs[i] = (pairs[i][0], pairs[i][1].lstrip())
+    stats = pc_stats(pairs)
+    assert stats["leading_space"] == 66
+    (finding,) = [f for f in audit.prompt_completion_findings(stats) if f.data["issue"] == "completion_start"]
+    assert finding.severity == "warning" and "66.0% (66 of 100)" in finding.figure
+    assert finding.data["examples"][0] == pairs[0][1]  # the minority: no space
+    # Consistent either way: quiet.
+    for consistent in (question_answers(100), [(p, c.lstrip()) for p, c in question_answers(100)]):
+        assert "completion_start" not in pc_issues(audit.prompt_completion_findings(pc_stats(consistent)))
+
+
+def test_same_prompt_with_different_completions():
+    pairs = question_answers(100)
+    pairs[1] = (pairs[0][0], " wrong")  # one prompt, two answers: 2 of 100 examples
+    stats = pc_stats(pairs)
+    assert (stats["conflicting_prompts"], stats["conflicting_examples"]) == (1, 2)
+    (finding,) = [f for f in audit.prompt_completion_findings(stats) if f.data["issue"] == "conflicting_completions"]
+    assert finding.severity == "info"  # 2%: paraphrase-like tasks have several answers
+    assert finding.data["examples"][0]["completions"] == [pairs[0][1].strip(), "wrong"]
+    for i in range(2, 10, 2):  # 5 prompts, 10 of 100 examples
+        pairs[i + 1] = (pairs[i][0], " other")
+    findings = audit.prompt_completion_findings(pc_stats(pairs))
+    assert [f.severity for f in findings if f.data["issue"] == "conflicting_completions"] == ["warning"]
+    # The same answer twice (differing in spacing, case or final punctuation) is a duplicate, not a conflict.
+    copies = question_answers(50) + [(p + " ", c.upper() + ".\n") for p, c in question_answers(50)]
+    assert pc_stats(copies)["conflicting_prompts"] == 0
+
+
+def test_empty_completions_warn_then_error():
+    pairs = question_answers(100)
+    pairs[3] = (pairs[3][0], "  ")
+    stats = pc_stats(pairs)
+    (finding,) = [f for f in audit.prompt_completion_findings(stats) if f.data["issue"] == "empty_completions"]
+    assert finding.severity == "warning" and finding.data["prompts"] == [pairs[3][0]]
+    for i in range(0, 100, 10):
+        pairs[i] = (pairs[i][0], "")
+    findings = audit.prompt_completion_findings(pc_stats(pairs))
+    assert [f.severity for f in findings if f.data["issue"] == "empty_completions"] == ["error"]  # 11%
+
+
+def test_short_completions_are_outliers_only_against_long_ones():
+    # Classification: every completion is one token. Nothing is short.
+    labels = [(f"Review: {s}\nSentiment:", " positive" if i % 2 else " negative") for i, s in enumerate(SENTENCES)]
+    stats = pc_stats(labels)
+    assert stats["short_completions"] == 0
+    assert pc_issues(audit.prompt_completion_findings(stats), "warning") == []
+    # Generation with a median of 9 tokens: "N/A" (3 tokens) is not an outlier; "-" (1 token) is.
+    pairs = [(f"Rewrite formally:\n{s}\n", " " + s) for s in SENTENCES]
+    pairs[4] = (pairs[4][0], " N/A")
+    pairs[7] = (pairs[7][0], " -")
+    stats = pc_stats(pairs)
+    assert stats["median_completion_tokens"] >= 8 and stats["short_limit"] == 1
+    (finding,) = [f for f in audit.prompt_completion_findings(stats) if f.data["issue"] == "short_completions"]
+    assert finding.severity == "warning" and finding.data["examples"] == [" -"]  # 1 of 40 = 2.5%
 
 
 # ----------------------------------------------------------------------------- the whole audit

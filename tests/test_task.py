@@ -10,7 +10,7 @@ import random
 import numpy as np
 import pytest
 
-from tests.conftest import WORDS, quiet, small_config
+from tests.conftest import ROOT, WORDS, quiet, small_config
 from trainer import diagnosis, evaluation, lr_range, task_metrics, train
 from trainer import model as model_lib
 
@@ -214,3 +214,35 @@ def test_auto_in_a_run_is_recorded_and_not_redone_on_relaunch(tmp_path, corpus_f
     again = []
     train.train_and_evaluate(config, log=again.append)  # complete: reported, no second sweep
     assert not any("range test" in line for line in again)
+
+
+def test_the_doctor_checks_prompt_completion_data_and_not_as_free_text(tmp_path, task_files, tiny_model_dir):
+    from trainer import doctor
+
+    _, validation_file = task_files
+    sample = os.path.join(ROOT, "data", "task")  # the embedded task sample: clean, one template by design
+    config = small_config(tmp_path / "clean", os.path.join(sample, "train.jsonl"), tiny_model_dir,
+                          **{**TASK, "data.validation_files": os.path.join(sample, "validation.jsonl"),
+                             "data.block_size": 64})  # this 300-token BPE cuts the text fine
+    prep = train.prepare(config, log=quiet)
+    findings, stats = doctor.run_checks(prep.config, prep, doctor.estimate_parameters(prep.model_config))
+    assert [(f.check, f.figure) for f in findings if f.severity != "info" and f.check != "settings"] == []
+    assert "prompt_completion" in stats and "templates" not in {f.check for f in findings}
+    # Seeded defects: a third of the prompts lose their separator and answer two ways, and
+    # a tenth of the completions are empty.
+    records = task_records(300, seed=5)
+    for i, r in enumerate(records):
+        if i % 3 == 0:
+            r["prompt"] = r["prompt"].replace(" =>", "")
+            records.append({"prompt": r["prompt"], "completion": " maybe"})
+        if i % 10 == 1:
+            r["completion"] = ""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(json.dumps(r) + "\n" for r in records))
+    config = small_config(tmp_path / "bad", str(bad), tiny_model_dir, **{**TASK, "data.validation_files": validation_file})
+    prep = train.prepare(config, log=quiet)
+    findings, _ = doctor.run_checks(prep.config, prep, doctor.estimate_parameters(prep.model_config))
+    issues = {f.data.get("issue"): f.severity for f in findings if f.check == "prompt_completion"}
+    assert issues["separator"] == "warning"
+    assert issues["conflicting_completions"] == "warning"
+    assert issues["empty_completions"] in ("warning", "error")

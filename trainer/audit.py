@@ -9,7 +9,9 @@ the measured figure in words, why it matters and a concrete fix.
 Cost on 100,000 documents of ~65 words (6.5M words) on 2 cores: every check is
 linear in the corpus. Duplicates use MinHash LSH (no pair of documents is
 compared unless they share an LSH bucket), distinct-n reads a fixed 200,000-word
-sample and fertility tokenizes at most 20,000 documents.
+sample and fertility tokenizes at most 20,000 documents, then at most 5,000
+distinct words (the add_tokens candidates). The prompt/completion checks
+(`prompt_completion_stats`, called by the doctor on such data) are linear too.
 """
 
 import array
@@ -81,12 +83,74 @@ FERTILITY_MIN_VOCABULARY = 30_000
 # English web text, rarely merges back into one token.
 RARE_CHAR_WARNING = 0.05
 
+# add_tokens candidates (--config.model.add_tokens): a word (a run of letters, the
+# unit GPT-2's pre-tokenizer never merges across) seen at least 20 times in the
+# fertility sample that costs at least 3 tokens as it occurs (" word" mid-sentence).
+# A new token's embedding row starts at the mean of the others and learns only
+# from its own occurrences: a word seen a handful of times would keep a
+# near-meaningless row. Only the 5,000 most frequent forms are tokenized (one
+# batch of short strings); rarer ones save little each.
+SPLIT_WORD_MIN_COUNT = 20
+SPLIT_WORD_MIN_PIECES = 3
+SPLIT_WORD_MAX_CANDIDATES = 5_000
+# The candidates are named when making each one token would save 5% of the
+# tokens (info; a block then holds ~5% more text), a warning from 15%: about one
+# token in seven is then the second or later piece of a few words, pieces that are
+# nearly free to predict, so they fill the blocks and flatter the loss. Measured
+# with the 2,048-token BPE that bench/bench_false_alarms.py builds on each corpus
+# (which cuts far finer than GPT-2's 50,257): stdlib docstrings 2.8%, package
+# READMEs 1.1%, stdlib code 0.9%, the embedded sample 0%.
+SPLIT_WORD_SAVING_INFO = 0.05
+SPLIT_WORD_SAVING_WARNING = 0.15
+SPLIT_WORDS_LISTED = 20
+
 # data.normalize: a step is suggested when it would change at least this share of
 # the characters. Ordinary prose stays far below it (a double space after a full
 # stop every ~80 characters is ~1%); scraped or exported text with tabs, runs of
 # spaces, fullwidth forms or stray control bytes goes over it.
 NORMALIZE_WARNING = 0.05
 NORMALIZE_SAMPLE_DOCS = 5_000
+
+# Prompt/completion data (data.prompt_field / completion_field). Each example is
+# prompt + completion + EOS; only the completion and EOS are scored; an example
+# longer than block_size loses the START of its prompt, and only a completion
+# (+ EOS) longer than block_size is itself cut (at the right, prompt gone).
+# A completion cut at the right teaches an answer with no question and no end; a
+# prompt that alone fills the block always loses its opening (usually the
+# instruction or the question). From 1% of the examples that is an error, as
+# for free text that loses its endings (TRUNCATED_DOCS_WARNING); a handful of
+# such outliers is a warning: they can be dropped.
+PC_TRUNCATED_ERROR = 0.01
+# A prompt cut from the left keeps the answer and the prompt's end: info while
+# a few long prompts lose their opening, a warning from one example in twenty.
+PROMPT_CUT_WARNING = 0.05
+# The suggested block_size fits this percentile of the examples whole.
+PC_FIT_PERCENTILE = 95
+# A separator is an ending (up to 20 characters) shared by 90% of the non-empty
+# prompts. OpenAI's prepare_data demanded one suffix common to ALL prompts; 90%
+# lets a few malformed rows through without hiding a real separator (those rows
+# are then listed, as info).
+SEPARATOR_SHARE = 0.90
+SEPARATOR_MAX_CHARS = 20
+# Completions that start with whitespace: consistent at under 10% or over 90%;
+# in between, the same answer is trained as two different first tokens.
+LEADING_SPACE_MIXED = (0.10, 0.90)
+# Examples whose prompt (stripped) has several different completions. Some
+# tasks have several valid answers (paraphrase, open writing), so a few are
+# info; from one example in twenty on, for a task with one right answer that is
+# label noise of the same order, and the model learns an average answer.
+CONFLICTING_PROMPTS_WARNING = 0.05
+# Empty (blank) completions train "stop at once": any is a warning (usually a
+# missing field); from 10% the model learns that an empty answer is common.
+EMPTY_COMPLETION_ERROR = 0.10
+# A non-empty completion is a short outlier when it has at most an eighth of
+# the median completion's tokens (EOS not counted), checked only when that
+# median is at least 8 tokens: one-token labels (classification) are never
+# outliers. e.g. median 40 -> at most 5 tokens. A warning from 1% of examples.
+SHORT_COMPLETION_MIN_MEDIAN = 8
+SHORT_COMPLETION_WARNING = 0.01
+# Prompts read for their endings (the check is per prompt: a sample is enough).
+PROMPT_SAMPLE = 20_000
 
 # Sampling budgets: distinct-n depends on sample size, so it is always read on
 # the same number of words; fertility only needs a stable average.
@@ -103,7 +167,7 @@ SEVERITIES = ("error", "warning", "info")
 @dataclasses.dataclass
 class Finding:
     check: str        # "duplicates", "diversity", "templates", "length", "leakage", "normalization",
-                      # "domain_fit", "size"
+                      # "domain_fit", "size", "prompt_completion" (data["issue"] says which part)
     severity: str     # "error" | "warning" | "info"
     figure: str       # the measured figure in words
     why: str          # why it matters for fine-tuning a causal LM
@@ -782,6 +846,339 @@ def leakage_findings(stats: dict) -> list[Finding]:
          "examples": stats["examples"]})]
 
 
+# ----------------------------------------------------------------------------- prompt/completion
+
+# Suggested when the prompts share no ending: the first that no prompt contains.
+SEPARATOR_SUGGESTIONS = ("\n\n###\n\n", " ->", "\n\n-->\n\n", "\n\n===\n\n")
+# A shared ending that is only one of these (spaces aside) is where a sentence or
+# a word ends, not where an answer starts: text goes on after it just as often.
+_SENTENCE_END = set(".,;!)'\"")
+
+
+def _clip_tail(text: str) -> str:
+    """The END of a text, for prompts whose ending is the point."""
+    return text if len(text) <= EXAMPLE_CHARS else "…" + text[-(EXAMPLE_CHARS - 1):]
+
+
+def is_separator(ending: str) -> bool:
+    """'\nAnswer:', ' ->', '?', '\n' are; '.', 'd', '  ' are not."""
+    core = ending.strip(" \t")
+    return bool(core) and not (len(core) == 1 and (core.isalnum() or core in _SENTENCE_END))
+
+
+def prompt_ending_stats(prompts: list[str], seed: int = 0) -> dict:
+    """The separator: of the endings (up to SEPARATOR_MAX_CHARS characters) shared
+    by SEPARATOR_SHARE of the non-empty prompts that are separators, the longest
+    of those ending the most prompts; read on a sample. Without one, the ending
+    reported is the longest shared one, or else the longest within 90% of the
+    most frequent suffix's count (often one character).
+    """
+    written = [p for p in prompts if p.strip()]  # empty prompts (open generation) have no boundary
+    sample = [written[i] for i in sample_indices(len(written), PROMPT_SAMPLE, seed)]
+    counts = collections.Counter()
+    for prompt in sample:
+        counts.update(prompt[-k:] for k in range(1, min(len(prompt), SEPARATOR_MAX_CHARS) + 1))
+    n = len(sample)
+    shared = [e for e, m in counts.items() if m >= SEPARATOR_SHARE * n]
+    separators = [e for e in shared if is_separator(e)]  # "Answer: " counts even if " " ends more prompts
+    if separators:
+        # The longest of those most shared: "\nAnswer:" (100%) rather than "?\nAnswer:" (96%),
+        # so the prompts listed as lacking it are the malformed ones, not the ones without "?".
+        ending = max(separators, key=lambda e: (counts[e], len(e)))
+    elif shared:
+        ending = max(shared, key=len)
+    elif counts:
+        top = counts.most_common(1)[0][1]
+        ending = max((e for e, m in counts.items() if m >= 0.9 * top), key=lambda e: (len(e), counts[e]))
+    else:
+        ending = ""
+    lacking = [p for p in sample if not p.endswith(ending)] if ending else sample
+    suggestion = next((s for s in SEPARATOR_SUGGESTIONS if not any(s in p for p in sample)),
+                      SEPARATOR_SUGGESTIONS[0])
+    return {
+        "sampled_prompts": n,
+        "ending": ending,
+        "ending_share": counts[ending] / n if n and ending else 0.0,
+        "separator": ending if separators else None,
+        "lacking": len(lacking),
+        "lacking_examples": [_clip_tail(p) for p in lacking[:MAX_EXAMPLES]],
+        "suggested_separator": suggestion,
+    }
+
+
+def prompt_completion_stats(pairs: list[tuple[str, str]], prompt_tokens: list[int],
+                            completion_tokens: list[int], block_size: int, *, n_positions: int = 1024,
+                            seed: int = 0) -> dict:
+    """Figures of prompt/completion training examples.
+
+    prompt_tokens: tokens of each prompt; completion_tokens: of each completion,
+    EOS included. An example longer than block_size keeps its completion and
+    the END of its prompt; a completion longer than block_size is cut at the
+    right and no prompt is left. n_positions caps the suggested block_size.
+    """
+    n = len(pairs)
+    prompts = [p for p, _ in pairs]
+    completions = [c for _, c in pairs]
+    p = np.asarray(prompt_tokens, np.int64).reshape(-1)
+    c = np.asarray(completion_tokens, np.int64).reshape(-1)
+    if not (len(p) == len(c) == n):
+        raise ValueError(f"{n} pairs but {len(p)} prompt and {len(c)} completion token counts.")
+    total = p + c
+
+    # Where the tokens go: three disjoint kinds of long example.
+    completion_cut = c > block_size
+    prompt_fills = ~completion_cut & (p >= block_size - 1) & (total > block_size)
+    prompt_cut = ~completion_cut & ~prompt_fills & (total > block_size)
+    kept_c = np.minimum(c, block_size)
+    kept_p = np.minimum(p, block_size - kept_c)  # the prompt's last tokens that still fit
+    # The block that fits 95% of the examples whole; when 95% already fit, the one that fits them all.
+    fit = covering_block_size(float(np.percentile(total, PC_FIT_PERCENTILE)), n_positions) if n else block_size
+    if fit <= block_size and n:
+        fit = covering_block_size(float(total.max()), n_positions)
+
+    # The answer's start and length.
+    blank = np.array([not text.strip() for text in completions], bool)
+    leading_space = np.array([text[:1].isspace() for text in completions], bool)
+    content = c - 1  # without the EOS
+    written = ~blank
+    median = float(np.median(content[written])) if written.any() else 0.0
+    short = np.zeros(n, bool)
+    if median >= SHORT_COMPLETION_MIN_MEDIAN:
+        short = written & (content <= max(1, int(median) // SHORT_COMPLETION_MIN_MEDIAN))
+
+    # The same prompt (stripped; empty prompts are open generation) with different answers.
+    # Answers that differ only in case, punctuation or spacing ("...a symbolic link" and
+    # "...a symbolic link.") are one answer, as for duplicates.
+    answers = collections.defaultdict(dict)  # prompt -> {answer key: completion}, in order of appearance
+    examples_of = collections.Counter()
+    for prompt, completion in pairs:
+        key = prompt.strip()
+        if key:
+            answers[key].setdefault(normalise(completion) or completion.strip(), completion.strip())
+            examples_of[key] += 1
+    conflicting = [key for key, seen in answers.items() if len(seen) > 1]
+
+    def quoted(mask, texts, clip=_clip):
+        return [clip(texts[i]) for i in np.flatnonzero(mask)[:MAX_EXAMPLES]]
+
+    return {
+        "examples": n,
+        "block_size": block_size,
+        "n_positions": n_positions,
+        "prompt_tokens": int(p.sum()),
+        "completion_tokens": int(c.sum()),
+        "median_prompt_tokens": float(np.median(p)) if n else 0.0,
+        "median_completion_tokens": median,  # EOS not counted
+        "completion_cut": int(completion_cut.sum()),
+        "completion_cut_examples": quoted(completion_cut, completions),
+        "prompt_fills_block": int(prompt_fills.sum()),
+        "prompt_fills_block_examples": quoted(prompt_fills, prompts),
+        "prompt_cut": int(prompt_cut.sum()),
+        "prompt_cut_examples": quoted(prompt_cut, prompts),
+        "prompt_tokens_cut": int((p - kept_p)[prompt_cut].sum()),
+        "fitting_block_size": fit,
+        "fitting_share": float((total <= fit).mean()) if n else 1.0,
+        "supervised_tokens": int(kept_c.sum()),
+        "supervised_share": float(kept_c.sum() / (kept_c + kept_p).sum()) if n else 0.0,
+        "ending": prompt_ending_stats(prompts, seed),
+        "written_completions": int(written.sum()),
+        "leading_space": int((leading_space & written).sum()),
+        "leading_space_examples": quoted(leading_space & written, completions),
+        "no_leading_space_examples": quoted(~leading_space & written, completions),
+        "conflicting_prompts": len(conflicting),
+        "conflicting_examples": sum(examples_of[key] for key in conflicting),
+        "conflict_examples": [{"prompt": _clip(key), "examples": examples_of[key],
+                               "completions": [_clip(a) for a in list(answers[key].values())[:MAX_EXAMPLES]]}
+                              for key in conflicting[:MAX_EXAMPLES]],
+        "blank_completions": int(blank.sum()),
+        "blank_examples": quoted(blank, prompts, _clip_tail),  # the prompts that got no answer
+        "short_completions": int(short.sum()),
+        "short_limit": max(1, int(median) // SHORT_COMPLETION_MIN_MEDIAN),
+        "short_examples": quoted(short, completions),
+    }
+
+
+def prompt_completion_findings(stats: dict) -> list[Finding]:
+    """Findings of the check "prompt_completion"; data["issue"] names which part."""
+    n = stats["examples"]
+    if n == 0:
+        return []
+    return [f for f in (
+        *_pc_length_findings(stats), _pc_separator_finding(stats), _pc_leading_space_finding(stats),
+        _pc_conflict_finding(stats), _pc_blank_finding(stats), _pc_short_finding(stats),
+        _pc_supervised_finding(stats)) if f is not None]
+
+
+def _pc_finding(issue: str, severity: str, figure: str, why: str, fix: str, data: dict) -> Finding:
+    return Finding("prompt_completion", severity, figure, why, fix, {"issue": issue, **data})
+
+
+def _pc_longer_block(stats: dict, otherwise: str) -> str:
+    """'--config.data.block_size=512 (fits 97% of the examples whole), or <otherwise>'."""
+    block, fit = stats["block_size"], stats["fitting_block_size"]
+    if fit > block:
+        return (f"--config.data.block_size={fit} (fits {stats['fitting_share']:.0%} of the examples whole), "
+                f"or {otherwise}")
+    return f"{otherwise[0].upper()}{otherwise[1:]} (block_size {block} is already the model's limit)"
+
+
+def _pc_length_findings(stats: dict) -> list[Finding]:
+    n, block = stats["examples"], stats["block_size"]
+    kept = {"fitting_block_size": stats["fitting_block_size"], "fitting_share": stats["fitting_share"]}
+    findings = []
+    if stats["completion_cut"]:
+        share = stats["completion_cut"] / n
+        findings.append(_pc_finding(
+            "completion_cut", "error" if share >= PC_TRUNCATED_ERROR else "warning",
+            f"{_percent_of(stats['completion_cut'], n)} of completions (with EOS) are longer than block_size "
+            f"{block}: they are cut at the right and their prompt is dropped",
+            "Those examples teach an answer with no question before it and no end (the EOS is cut off): "
+            "the model learns to ramble on regardless of the prompt.",
+            _pc_longer_block(stats, "shorten or drop those examples."),
+            {"count": stats["completion_cut"], "share": share, **kept,
+             "examples": stats["completion_cut_examples"]}))
+    if stats["prompt_fills_block"]:
+        share = stats["prompt_fills_block"] / n
+        findings.append(_pc_finding(
+            "prompt_fills_block", "error" if share >= PC_TRUNCATED_ERROR else "warning",
+            f"{_percent_of(stats['prompt_fills_block'], n)} of prompts alone fill block_size {block} (at least "
+            f"{block - 1} tokens): only the end of each that the completion leaves room for is kept",
+            "The start of those prompts, where the instruction or the question usually is, never reaches the "
+            "model: it learns to answer from the tail of a text it cannot see whole.",
+            _pc_longer_block(stats, "shorten those prompts and put the instruction or question at their END, "
+                                    "since the start is what is cut."),
+            {"count": stats["prompt_fills_block"], "share": share, **kept,
+             "examples": stats["prompt_fills_block_examples"]}))
+    if stats["prompt_cut"]:
+        share = stats["prompt_cut"] / n
+        warn = share >= PROMPT_CUT_WARNING
+        findings.append(_pc_finding(
+            "prompt_cut", "warning" if warn else "info",
+            f"{_percent_of(stats['prompt_cut'], n)} of examples are longer than block_size {block}: their "
+            f"prompts lose their start ({stats['prompt_tokens_cut']:,} prompt tokens in all); the completions "
+            "are kept whole",
+            "The model sees those prompts without their opening; if the opening holds the instruction, those "
+            "examples teach answers to a question it was not shown.",
+            _pc_longer_block(stats, "put the instruction or question at the end of each prompt." if warn else
+                             "leave it: a few long prompts losing their opening is harmless."),
+            {"count": stats["prompt_cut"], "share": share, "prompt_tokens_cut": stats["prompt_tokens_cut"],
+             **kept, "examples": stats["prompt_cut_examples"]}))
+    return findings
+
+
+def _pc_separator_finding(stats: dict) -> Finding | None:
+    ending = stats["ending"]
+    n, suggestion = ending["sampled_prompts"], ending["suggested_separator"]
+    if n == 0:
+        return None
+    data = {"ending": ending["ending"], "ending_share": ending["ending_share"], "lacking": ending["lacking"]}
+    if ending["separator"] is None:
+        return _pc_finding(
+            "separator", "warning",
+            f"the prompts do not end with a common separator: the most common ending, {ending['ending']!r}, "
+            f"ends {ending['ending_share']:.0%} of them (a separator should end at least {SEPARATOR_SHARE:.0%}, "
+            "and be more than a full stop or a letter)",
+            "The model must tell where the prompt stops and its answer starts. Without a fixed marker it may "
+            "go on writing the prompt instead of answering, and at inference no ending says 'answer now'.",
+            f"End every prompt with one separator that occurs nowhere else, e.g. {suggestion!r} (or a template "
+            "such as 'Question: ...\\nAnswer:'), in the data file, and end inference prompts the same way.",
+            {**data, "suggested_separator": suggestion, "examples": ending["lacking_examples"]})
+    if ending["lacking"]:
+        return _pc_finding(
+            "separator", "info",
+            f"{_percent_of(ending['lacking'], n)} of the sampled prompts do not end with the separator "
+            f"{ending['separator']!r} that the others end with",
+            "Those examples mark the start of the answer differently: a few are harmless, but they are often "
+            "malformed rows.",
+            f"Check those rows and end them with {ending['separator']!r}.",
+            {**data, "separator": ending["separator"], "examples": ending["lacking_examples"]})
+    return None
+
+
+def _pc_leading_space_finding(stats: dict) -> Finding | None:
+    written, spaced = stats["written_completions"], stats["leading_space"]
+    share = spaced / written if written else 0.0
+    low, high = LEADING_SPACE_MIXED
+    if not low < share < high:
+        return None
+    minority = stats["no_leading_space_examples"] if share >= 0.5 else stats["leading_space_examples"]
+    return _pc_finding(
+        "completion_start", "warning",
+        f"{_percent_of(spaced, written)} of completions start with whitespace and the rest do not",
+        "GPT-2's tokenizer gives ' Paris' and 'Paris' different tokens: the same answer is learnt as two "
+        "different first tokens, and at inference the model's first token depends on a habit the data does "
+        "not settle.",
+        "Start every completion the same way: with one space (' Paris') after prompts that end without one, "
+        "as OpenAI's data preparation recommends for this tokenizer, or with none if every prompt ends with "
+        "a space or a newline.",
+        {"leading_space_share": share, "examples": minority})
+
+
+def _pc_conflict_finding(stats: dict) -> Finding | None:
+    n, affected = stats["examples"], stats["conflicting_examples"]
+    if not affected:
+        return None
+    share = affected / n
+    return _pc_finding(
+        "conflicting_completions", "warning" if share >= CONFLICTING_PROMPTS_WARNING else "info",
+        f"{_percent_of(affected, n)} of the examples share their prompt with an example whose completion "
+        f"differs ({stats['conflicting_prompts']:,} prompt{'s' if stats['conflicting_prompts'] > 1 else ''} "
+        "with several completions)",
+        "For one prompt the model can only learn the mix of its answers: for a task with one right answer "
+        "(a label, an extraction) that is noise in the labels; for tasks with several valid answers "
+        "(paraphrase, open writing) it is expected.",
+        "If each prompt has one right answer, keep one completion per prompt (the correct or the most "
+        "frequent one); if several are valid, no change is needed.",
+        {"conflicting_prompts": stats["conflicting_prompts"], "share": share,
+         "examples": stats["conflict_examples"]})
+
+
+def _pc_blank_finding(stats: dict) -> Finding | None:
+    n, blank = stats["examples"], stats["blank_completions"]
+    if not blank:
+        return None
+    share = blank / n
+    return _pc_finding(
+        "empty_completions", "error" if share >= EMPTY_COMPLETION_ERROR else "warning",
+        f"{_percent_of(blank, n)} of completions are empty (only whitespace)",
+        "An empty completion trains the model to stop at once (its only scored token is the EOS); usually "
+        "the field was missing. Past a few percent the model learns that an empty answer is a common one.",
+        "Fill or drop those rows; if empty means 'no answer', write that as a word (e.g. ' none') so the "
+        "model learns to say it and you can tell it from a failure.",
+        {"count": blank, "share": share, "prompts": stats["blank_examples"]})
+
+
+def _pc_short_finding(stats: dict) -> Finding | None:
+    n, short = stats["examples"], stats["short_completions"]
+    if not short:
+        return None
+    share = short / n
+    return _pc_finding(
+        "short_completions", "warning" if share >= SHORT_COMPLETION_WARNING else "info",
+        f"{_percent_of(short, n)} of completions have at most {stats['short_limit']} token(s) while the "
+        f"median completion has {stats['median_completion_tokens']:.0f}",
+        "Outliers this short are often placeholders ('N/A', '-', a cut field): each teaches the model to "
+        "stop almost at once for that kind of prompt.",
+        "Check those rows: fix or drop placeholders; keep them if a short answer is right there.",
+        {"count": short, "share": share, "short_limit": stats["short_limit"],
+         "median_completion_tokens": stats["median_completion_tokens"], "examples": stats["short_examples"]})
+
+
+def _pc_supervised_finding(stats: dict) -> Finding:
+    share = stats["supervised_share"]
+    return _pc_finding(
+        "supervised_share", "info",
+        f"{share:.1%} of the tokens the model reads are scored ({stats['supervised_tokens']:,} completion and "
+        f"EOS tokens); median prompt {stats['median_prompt_tokens']:.0f} tokens, median completion "
+        f"{stats['median_completion_tokens']:.0f}",
+        f"The other {1 - share:.0%} of the compute reads prompts. Loss and perplexity are measured on "
+        "completions only, so they do not compare with a free-text run's, nor with a run whose prompts differ.",
+        "No change needed; if the prompts hold text the answer does not need, shorter prompts make each "
+        "step cheaper.",
+        {"supervised_share": share, "supervised_tokens": stats["supervised_tokens"],
+         "prompt_tokens": stats["prompt_tokens"], "completion_tokens": stats["completion_tokens"]})
+
+
 # ----------------------------------------------------------------------------- domain fit
 
 # Printable ASCII and whitespace, all of Latin-1 above 0xA0 (accented letters,
@@ -793,7 +1190,8 @@ _RARE_CHARACTER = re.compile("[^\t\n\r\x20-\x7e\xa0-\xff\u2010-\u2027]")
 def fertility_stats(docs: list[str], tokenize: Callable[[list[str]], list[list[int]]] | None,
                     sample_docs: int = FERTILITY_SAMPLE_DOCS, seed: int = 0,
                     token_counts: list[int] | None = None) -> dict:
-    """Tokens per whitespace word and the share of rare characters, on a sample of docs.
+    """Tokens per whitespace word, the share of rare characters and the add_tokens
+    candidates (split_word_stats), on a sample of docs.
 
     token_counts: tokens of each doc (no EOS) when already known, so the sample
     is not tokenized a second time; otherwise `tokenize` is called on it.
@@ -812,11 +1210,57 @@ def fertility_stats(docs: list[str], tokenize: Callable[[list[str]], list[list[i
         "tokens_per_word": tokens / words if words else 0.0,
         "rare_char_share": rare / characters if characters else 0.0,
         "reference_tokens_per_word": REFERENCE_TOKENS_PER_WORD,
+        **split_word_stats(sample, tokenize, tokens),
+    }
+
+
+# A word as GPT-2's pre-tokenizer cuts it: a run of letters with the space before
+# it, if any (` ?\p{L}+`): digits, "_" and punctuation are separate pre-tokens, so
+# no token spans them. " Create" mid-sentence and "Create" opening a line are
+# tokenized differently, so each form is counted and tokenized on its own.
+_PRE_TOKEN_WORD = re.compile(r" ?[^\W\d_]+")
+
+
+def split_word_stats(sample: list[str], tokenize: Callable[[list[str]], list[list[int]]] | None,
+                     sample_tokens: int) -> dict:
+    """Frequent words the tokenizer cuts into many pieces: the add_tokens candidates.
+
+    Each distinct frequent form (" word" or "word") is tokenized once; count x
+    pieces is what it costs in the sample. saving_share: the share of the
+    sample's tokens saved if each candidate form became one token. Listed per
+    word, most tokens saved first. Without `tokenize` nothing is measured.
+    """
+    forms = []
+    if tokenize is not None and sample_tokens:
+        counts = collections.Counter()
+        for doc in sample:
+            counts.update(_PRE_TOKEN_WORD.findall(doc))
+        frequent = [(form, n) for form, n in counts.most_common(SPLIT_WORD_MAX_CANDIDATES)
+                    if n >= SPLIT_WORD_MIN_COUNT]
+        pieces = [len(ids) for ids in tokenize([form for form, _ in frequent])] if frequent else []
+        forms = [(form, n, k) for (form, n), k in zip(frequent, pieces) if k >= SPLIT_WORD_MIN_PIECES]
+    words = {}
+    for form, n, k in forms:  # most frequent form first, so a word shows its commonest pieces
+        word = words.setdefault(form.lstrip(" "), {"word": form.lstrip(" "), "count": 0, "pieces": k, "saved": 0})
+        word["count"] += n
+        word["saved"] += n * (k - 1)
+    listed = sorted(words.values(), key=lambda w: -w["saved"])[:SPLIT_WORDS_LISTED]
+    cost = sum(n * k for _, n, k in forms)
+    saved = sum(n * (k - 1) for _, n, k in forms)
+    return {
+        "split_words": len(words),
+        "split_word_examples": listed,
+        "split_word_tokens_share": cost / sample_tokens if sample_tokens else 0.0,
+        "split_word_saving_share": saved / sample_tokens if sample_tokens else 0.0,
     }
 
 
 def fertility_findings(stats: dict, block_size: int, n_positions: int = 1024,
                        vocab_size: int = 50_257) -> list[Finding]:
+    return [_domain_fit_finding(stats, block_size, n_positions, vocab_size)] + _split_word_findings(stats, vocab_size)
+
+
+def _domain_fit_finding(stats: dict, block_size: int, n_positions: int, vocab_size: int) -> Finding:
     per_word, rare = stats["tokens_per_word"], stats["rare_char_share"]
     figure = (f"{per_word:.2f} tokens per word (GPT-2 on English prose: about "
               f"{REFERENCE_TOKENS_PER_WORD}); {rare:.1%} of characters are outside ASCII/Latin-1")
@@ -827,12 +1271,12 @@ def fertility_findings(stats: dict, block_size: int, n_positions: int = 1024,
         per_word = 0.0  # no reference for so small a vocabulary: only rare characters can tell
         figure += f" (a {vocab_size:,}-token vocabulary: tokens per word not compared)"
     if per_word <= TOKENS_PER_WORD_WARNING and rare <= RARE_CHAR_WARNING:
-        return [Finding("domain_fit", "info", figure,
-                        "The tokenizer splits this text about as efficiently as the text it was built for.",
-                        "No change needed.", data)]
+        return Finding("domain_fit", "info", figure,
+                       "The tokenizer splits this text about as efficiently as the text it was built for.",
+                       "No change needed.", data)
     # Keep the words per row of English: block_size x (tokens per word / 1.3).
     same_words = min(n_positions, int(block_size * per_word / REFERENCE_TOKENS_PER_WORD))
-    return [Finding(
+    return Finding(
         "domain_fit", "warning", figure,
         "The text is far from what the tokenizer was built on (code, another script or language): "
         "each word costs more tokens, so a block holds fewer words and the model must first learn "
@@ -840,7 +1284,41 @@ def fertility_findings(stats: dict, block_size: int, n_positions: int = 1024,
         "Check that these files hold the text you meant; for another language or code prefer a model "
         "whose tokenizer covers it (--config.model.name_or_path=...), or keep as many words per row "
         f"with --config.data.block_size={same_words}.",
-        data)]
+        data)
+
+
+def _split_word_findings(stats: dict, vocab_size: int) -> list[Finding]:
+    """The add_tokens hint: frequent words cut into many pieces, when making them
+    single tokens would save SPLIT_WORD_SAVING_INFO of the tokens or more.
+
+    Below FERTILITY_MIN_VOCABULARY it stays info: so small a vocabulary cuts
+    most words (a 300-token BPE saves 51% on the tests' corpus), and a larger
+    one is the first fix, not a list of added words.
+    """
+    saving = stats["split_word_saving_share"]
+    if saving < SPLIT_WORD_SAVING_INFO:
+        return []
+    small = vocab_size < FERTILITY_MIN_VOCABULARY
+    words = stats["split_word_examples"]
+    listed = ", ".join(f"{w['word']!r} ({w['count']:,}x, {w['pieces']} tokens)" for w in words[:5])
+    add = (f"write these words one per line to a file, each exactly as quoted (a leading space is the form "
+           f"a word takes mid-sentence), and pass --config.model.add_tokens=FILE: "
+           f"{', '.join(repr(w['word']) for w in words)}. Each becomes one token whose embedding row starts at "
+           "the mean of the existing rows and is learnt in the fine-tune.")
+    return [Finding(
+        "domain_fit", "warning" if saving >= SPLIT_WORD_SAVING_WARNING and not small else "info",
+        f"{stats['split_words']:,} words seen at least {SPLIT_WORD_MIN_COUNT} times in the sample are cut into "
+        f"{SPLIT_WORD_MIN_PIECES} or more tokens each and take {stats['split_word_tokens_share']:.1%} of the "
+        f"sample's tokens; one token each would save {saving:.1%} of them. Most costly: {listed}",
+        "Each occurrence spends several positions on one word, so a block holds less text, and the later "
+        "pieces of a word are nearly free to predict once it has begun: they fill the blocks and make the "
+        "loss look lower than the text is hard.",
+        (f"A {vocab_size:,}-token vocabulary cuts most words: build the tokenizer larger (for the bootstrap "
+         f"tiny model, --config.model.tiny.vocab_size), or {add}" if small else add[0].upper() + add[1:]),
+        {"split_words": [{k: w[k] for k in ("word", "count", "pieces")} for w in words],
+         "split_word_count": stats["split_words"],
+         "split_word_tokens_share": stats["split_word_tokens_share"],
+         "split_word_saving_share": saving})]
 
 
 # ----------------------------------------------------------------------------- size
@@ -913,8 +1391,15 @@ def normalization_findings(stats: dict) -> list[Finding]:
 
 def audit_corpus(train_docs: list[str], val_docs: list[str], token_lengths: list[int] | None,
                  block_size: int, batching: str, tokenize=None, *, n_positions: int = 1024,
-                 vocab_size: int = 50_257, seed: int = 0, normalized=()) -> tuple[list[Finding], dict]:
+                 vocab_size: int = 50_257, seed: int = 0, normalized=(),
+                 prompt_completion: dict | None = None) -> tuple[list[Finding], dict]:
     """Every check on one corpus: (findings, most severe first; stats per check).
+
+    prompt_completion: {"pairs", "prompt_tokens", "completion_tokens"} of prompt/completion
+    data (train_docs are then prompt + completion). Its own checks replace the length
+    check (prompts are cut from the left, not documents split), and the diversity and
+    template checks are skipped: a task set is a fixed instruction around varied
+    inputs by design (data/task's well-formed sample measured 51.6% "templated").
 
     token_lengths: per training doc, EOS included. When None and `tokenize` is
     given, they are computed with it; with neither, lengths are not checked.
@@ -936,9 +1421,15 @@ def audit_corpus(train_docs: list[str], val_docs: list[str], token_lengths: list
 
     stats["duplicates"] = duplicate_stats(train_docs, seed=seed)
     findings += duplicate_findings(stats["duplicates"])
-    stats["diversity"] = diversity_stats(train_docs, seed=seed)
-    findings += diversity_findings(stats["diversity"], len(train_docs))
-    if token_lengths is not None:
+    if prompt_completion is not None:
+        stats["prompt_completion"] = prompt_completion_stats(
+            prompt_completion["pairs"], prompt_completion["prompt_tokens"], prompt_completion["completion_tokens"],
+            block_size, n_positions=n_positions, seed=seed)
+        findings += prompt_completion_findings(stats["prompt_completion"])
+    else:
+        stats["diversity"] = diversity_stats(train_docs, seed=seed)
+        findings += diversity_findings(stats["diversity"], len(train_docs))
+    if token_lengths is not None and prompt_completion is None:
         stats["length"] = length_stats(token_lengths, block_size, batching)
         findings += length_findings(stats["length"], n_positions)
     stats["leakage"] = leakage_stats(train_docs, val_docs)

@@ -116,7 +116,8 @@ def label_findings(blocks, eos_token_id: int) -> list[Finding]:
             "labels must be -100 wherever attention_mask is 0", {"padding_scored": padding_scored}))
     real_eos = (ids == eos_token_id) & (mask == 1)
     eos_masked = int(np.sum(real_eos & ~supervised))
-    if real_eos.any() and eos_masked:
+    examples = blocks.prompt_lengths is not None  # prompt/completion: an empty prompt IS an (unscored) EOS
+    if real_eos.any() and eos_masked and not examples:
         found.append(Finding(
             "labels", "error",
             f"{eos_masked:,} of {int(real_eos.sum()):,} real EOS tokens are masked out of the loss",
@@ -140,8 +141,10 @@ def label_findings(blocks, eos_token_id: int) -> list[Finding]:
                 "tokens ahead.", "use labels = input_ids (the loss shifts once)", {"shifted_share": shifted}))
     share = float(supervised[:, 1:].sum() / max(supervised[:, 1:].size, 1))
     found.append(Finding("labels", "info", f"{share:.1%} of label positions are supervised",
-                         "Packed rows supervise every position; padded rows only the real tokens.",
-                         "--config.data.batching=packed wastes nothing on padding", {"supervised_share": share}))
+                         "Only completion tokens and their EOS are scored; prompts and padding are not." if examples
+                         else "Packed rows supervise every position; padded rows only the real tokens.",
+                         "no change needed" if examples else "--config.data.batching=packed wastes nothing on padding",
+                         {"supervised_share": share}))
     return found
 
 
@@ -163,11 +166,15 @@ def run_checks(config, prep, n_params: int, replicas: int = 1) -> tuple[list[Fin
         return tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
 
     # Lengths from the trainer's own tokenization: the corpus is not tokenized a second time.
+    blocks = prep.train_blocks
+    prompt_completion = None if blocks.prompt_lengths is None else {
+        "pairs": prep.documents.train_pairs, "prompt_tokens": blocks.prompt_lengths.tolist(),
+        "completion_tokens": (blocks.document_lengths - blocks.prompt_lengths).tolist()}
     findings, stats = audit.audit_corpus(
-        prep.documents.train, prep.documents.validation, prep.train_blocks.document_lengths.tolist(),
+        prep.documents.train, prep.documents.validation, blocks.document_lengths.tolist(),
         config.data.block_size, config.data.batching,
         tokenize=tokenize, n_positions=prep.model_config.n_positions, vocab_size=len(tokenizer),
-        seed=config.seed, normalized=parse_normalize(config.data.normalize))
+        seed=config.seed, normalized=parse_normalize(config.data.normalize), prompt_completion=prompt_completion)
     findings += settings_findings(config, prep.plan, len(prep.documents.train), prep.model_config.n_embd,
                                   n_params, prep.train_blocks.tokens, replicas)
     findings += label_findings(prep.train_blocks, tokenizer.eos_token_id)
