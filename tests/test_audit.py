@@ -348,7 +348,7 @@ def test_frequent_words_cut_into_many_pieces_are_add_tokens_candidates():
     findings = audit.fertility_findings(stats, block_size=128)
     hint = [f for f in findings if "split_words" in f.data]
     assert [f.severity for f in hint] == ["warning"]  # 560 of ~2,000 tokens saved: over 15%
-    assert "--config.model.add_tokens=FILE" in hint[0].fix and "dimethylformamide, acetylsalicylic" in hint[0].fix
+    assert "--config.model.add_tokens=FILE" in hint[0].fix and "' dimethylformamide', ' acetylsalicylic'" in hint[0].fix
     assert hint[0].data["split_words"][0] == {"word": "dimethylformamide", "count": 40, "pieces": 6}
     # A small vocabulary cuts most words: the hint stays info and a larger vocabulary comes first.
     (small,) = [f for f in audit.fertility_findings(stats, 128, vocab_size=2048) if "split_words" in f.data]

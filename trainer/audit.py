@@ -1241,7 +1241,9 @@ def split_word_stats(sample: list[str], tokenize: Callable[[list[str]], list[lis
         forms = [(form, n, k) for (form, n), k in zip(frequent, pieces) if k >= SPLIT_WORD_MIN_PIECES]
     words = {}
     for form, n, k in forms:  # most frequent form first, so a word shows its commonest pieces
-        word = words.setdefault(form.lstrip(" "), {"word": form.lstrip(" "), "count": 0, "pieces": k, "saved": 0})
+        word = words.setdefault(form.lstrip(" "), {"word": form.lstrip(" "), "count": 0, "pieces": k, "saved": 0,
+                                                   "forms": []})
+        word["forms"].append(form)  # what the add_tokens file needs: " word" is the mid-sentence token
         word["count"] += n
         word["saved"] += n * (k - 1)
     listed = sorted(words.values(), key=lambda w: -w["saved"])[:SPLIT_WORDS_LISTED]
@@ -1303,7 +1305,7 @@ def _split_word_findings(stats: dict, vocab_size: int) -> list[Finding]:
     listed = ", ".join(f"{w['word']!r} ({w['count']:,}x, {w['pieces']} tokens)" for w in words[:5])
     add = (f"write these words one per line to a file, each exactly as quoted (a leading space is the form "
            f"a word takes mid-sentence), and pass --config.model.add_tokens=FILE: "
-           f"{', '.join(repr(w['word']) for w in words)}. Each becomes one token whose embedding row starts at "
+           f"{', '.join(repr(form) for w in words for form in w['forms'])}. Each becomes one token whose embedding row starts at "
            "the mean of the existing rows and is learnt in the fine-tune.")
     return [Finding(
         "domain_fit", "warning" if saving >= SPLIT_WORD_SAVING_WARNING and not small else "info",
