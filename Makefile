@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/local.py
 
-.PHONY: install train-local test bench tensorboard clean docker-build docker-build-tpu docker-push \
+.PHONY: install train-local train-task test bench tensorboard clean docker-build docker-build-tpu docker-push \
 	docker-push-tpu docker-smoke
 
 install: $(STAMP)
@@ -20,6 +20,11 @@ $(STAMP): setup.py
 # The main job: the embedded sample on a tiny GPT-2 built here (no network).
 train-local: $(STAMP)
 	$(PY) -m trainer.task --config=$(CONFIG)
+
+# Fine-tuning for a task: prompt/completion data embedded in data/task/, task metrics at
+# each evaluation, the review sheet at the end (README "Fine-tune for a task").
+train-task: $(STAMP)
+	$(PY) -m trainer.task --config=configs/task.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -265,8 +265,12 @@ def task_metric_disagreement(val_points: list[dict], select_by: str) -> list[dic
             summary += (f" The export holds step {picked['step']}'s weights, chosen by the loss; to export the "
                         f"ones that do the task best, select by {metric}.")
             return [_finding(TASK_DISAGREEMENT, summary, evidence, [f"--config.train.select_best_by={metric}"])]
-        summary += (f" The export holds step {picked['step']}'s weights, chosen by {metric}; a loss rising while "
-                    f"the task improves is the model growing confident on what it gets right (step "
-                    f"{other['step']} has the lower loss).")
+        summary += f" The export holds step {picked['step']}'s weights, chosen by {metric}"
+        if best_metric["step"] > best_loss["step"]:
+            summary += (": the loss rose while the task kept improving, the model growing confident on what it "
+                        f"gets right (step {other['step']} has the lower loss).")
+        else:
+            summary += (f": later steps fit the wording better but did the task worse, or the metric is noisy on "
+                        f"few examples (one example moves it by 100/N points: raise --config.eval.task_examples).")
         return [_finding(TASK_DISAGREEMENT, summary, evidence, [], "info")]
     return []
