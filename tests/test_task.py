@@ -246,3 +246,23 @@ def test_the_doctor_checks_prompt_completion_data_and_not_as_free_text(tmp_path,
     assert issues["separator"] == "warning"
     assert issues["conflicting_completions"] == "warning"
     assert issues["empty_completions"] in ("warning", "error")
+
+
+def test_a_run_from_before_the_new_config_keys_still_resumes(tmp_path, corpus_file, tiny_model_dir):
+    """config.json of a run started before data.prompt_field (etc.) existed: those keys held
+    their defaults then, so the same command still resumes it instead of being refused."""
+    from trainer import checkpoints, settings
+
+    config = small_config(tmp_path / "out", corpus_file, tiny_model_dir)
+    requested = config.to_dict()
+    for key in ("prompt_field", "completion_field", "order"):
+        del requested["data"][key]
+    del requested["train"]["select_best_by"]
+    os.makedirs(config.output_dir)
+    with open(os.path.join(config.output_dir, "config.json"), "w") as f:
+        json.dump({"tunewell": {"format": checkpoints.RUN_FORMAT}, "requested": requested}, f)
+    run_dir = checkpoints.OutputDir(config.output_dir)
+    run_dir.check_config(settings.resolve(config))  # no error
+    changed = small_config(tmp_path / "out", corpus_file, tiny_model_dir, **{"data.order": "short_first"})
+    with pytest.raises(Exception, match="data.order: 'shuffled' -> 'short_first'"):
+        run_dir.check_config(settings.resolve(changed))

@@ -40,6 +40,7 @@ RESUMABLE_PLAN_FIELDS = ("checkpoint_every_steps",)
 # What tunewell itself writes into an output directory (and trainer.doctor / lr_find).
 RUN_FILES = {"config.json", "report.json", "report.md", "curves.png", "metrics.jsonl", "doctor.json",
              "doctor.md", "logs", "checkpoints", "export", "export_pytorch", "lr_find",
+             "review.html", "review.csv", "review_key.csv", "review_result.json",
              "model"}  # Vertex AI's AIP_MODEL_DIR
 
 
@@ -119,7 +120,10 @@ class OutputDir:
 
     def check_config(self, config) -> None:
         """The config as given must match the stored one outside RESUMABLE_CHANGES."""
-        old = settings.flatten(self.stored["requested"])
+        from configs import default
+
+        # A key the stored run predates (added to the schema since) held its default then.
+        old = {**settings.flatten(default.get_config()), **settings.flatten(self.stored["requested"])}
         new = settings.flatten(config.to_dict())
         changed = [k for k in sorted(set(old) | set(new))
                    if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES)]
