@@ -236,8 +236,9 @@ def test_stop_request_on_an_evaluation_step_saves_first(tmp_path, corpus_file, t
         return run
 
     sample = evaluation.sample_generations
-    monkeypatch.setattr(evaluation, "sample_generations",
-                        lambda *a, **k: generations.append(1) or sample(*a, **k))
+    monkeypatch.setattr(evaluation, "sample_generations",  # the evaluation's samples (1 prompt), not the review's
+                        lambda model, tokenizer, prompts, *a, **k: (len(prompts) == 1 and generations.append(1))
+                        or sample(model, tokenizer, prompts, *a, **k))
     monkeypatch.setattr(steps, "make_train_loop", with_sigterm_at_step_20)
     config = fault_config(tmp_path / "out", corpus_file, tiny_model_dir)
     with pytest.raises(train.Interrupted) as info:
