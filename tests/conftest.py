@@ -14,6 +14,7 @@ import pytest
 import trainer  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from configs import default
 from tests.gcs_server import gcs_server  # noqa: F401  (one local Cloud Storage server per session)
+from trainer import settings
 
 WORDS = ("river stone lamp garden winter morning bread window letter engine cloud harbor "
          "market violin ladder pepper candle meadow orbit copper feather basket tunnel").split()
@@ -86,12 +87,7 @@ def small_config(output_dir, train_files, model_dir, **overrides):
     # the suite's exact comparisons must not depend on the machine it runs on.
     config.runtime.precision = "float32"
     config.data.cache_dir = ""  # each test tokenizes; the cache has its own tests
-    for key, value in overrides.items():
-        section, _, name = key.rpartition(".")
-        target = config
-        for part in filter(None, section.split(".")):
-            target = target[part]
-        target[name] = value
+    settings.override(config, overrides)
     config.lock()
     return config
 

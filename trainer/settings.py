@@ -202,6 +202,16 @@ def check(config) -> None:
                         f"--config.model.tiny.n_head={tiny.n_head}.")
 
 
+def override(config, overrides: dict) -> None:
+    """Set dotted keys in place, as --config.KEY=VALUE does: {"train.epochs": 2, "model.tiny.n_layer": 1}."""
+    for key, value in overrides.items():
+        section, _, name = key.rpartition(".")
+        node = config
+        for part in filter(None, section.split(".")):
+            node = node[part]
+        node[name] = value
+
+
 def resolve(config):
     """A checked copy of `config` with every path expanded (`~`, $VARS)."""
     check(config)
