@@ -84,8 +84,10 @@ def get_config():
     config.data.block_size = 512
     # "packed": documents joined with EOS and cut into full blocks (no padding
     # waste). "padded": one document per row, truncated to block_size, padding
-    # masked out of attention and loss.
-    config.data.batching = "packed"
+    # masked out of attention and loss. "auto": packed for free text, padded for
+    # prompt/completion data (an example alone in its row is not distracted by the
+    # ones before it: README "Packed or padded, measured").
+    config.data.batching = "auto"
     # Row order: "shuffled" every epoch; "short_first" = the first epoch goes from
     # rows of short documents to rows of long ones (a curriculum), later epochs
     # shuffled. README "Curriculum" has the measurement.

@@ -22,8 +22,9 @@ def get_config():
     config.data.validation_files = "data/task/validation.jsonl"
     config.data.prompt_field = "prompt"
     config.data.completion_field = "completion"
-    # The longest example is about 30 tokens of this tokenizer: 64 holds two or more per packed row.
-    config.data.block_size = 64
+    # The longest example is 19 tokens of this tokenizer (prompt + completion + EOS): 32
+    # holds each one whole, alone in its row (data.batching auto = padded for this data).
+    config.data.block_size = 32
     config.model.name_or_path = "runs/tiny-gpt2-task"
     config.model.bootstrap_tiny = True
     config.model.tiny.n_positions = 64

@@ -254,7 +254,7 @@ def test_a_run_from_before_the_new_config_keys_still_resumes(tmp_path, corpus_fi
     from trainer import checkpoints, settings
 
     config = small_config(tmp_path / "out", corpus_file, tiny_model_dir)
-    requested = config.to_dict()
+    requested = settings.resolve(config).to_dict()  # what a launch stores: the checked, resolved config
     for key in ("prompt_field", "completion_field", "order"):
         del requested["data"][key]
     del requested["train"]["select_best_by"]
