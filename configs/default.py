@@ -88,10 +88,6 @@ def get_config():
     # prompt/completion data (an example alone in its row is not distracted by the
     # ones before it: README "Packed or padded, measured").
     config.data.batching = "auto"
-    # Row order: "shuffled" every epoch; "short_first" = the first epoch goes from
-    # rows of short documents to rows of long ones (a curriculum), later epochs
-    # shuffled. README "Curriculum" has the measurement.
-    config.data.order = "shuffled"
     # Processes for batched tokenization (datasets.map num_proc).
     config.data.num_proc = 1
     # Token ids of raw files are cached here, keyed by the tokenizer and the
@@ -135,7 +131,8 @@ def get_config():
     # scaled by 768/n_embd and by sqrt(tokens per step / 8192), kept in [1e-5, 1e-3];
     # from 6e-4 (pre-training rate, up to 3e-3) for a bootstrap_tiny model.
     # "auto" = a short range test on the run's own data and model before training
-    # (at most 5% of the run's steps), bounded by the derived rule (README "auto").
+    # (5% of the run's steps, at least 20 and at most 100), its pick kept within x3 of
+    # the derived rule (README "Learning rate: auto": measured, not the default).
     config.optim.learning_rate = config_dict.placeholder(object)
     # Shape after warm-up: "linear", "cosine", "inverse_sqrt" or "constant".
     config.optim.schedule = "linear"

@@ -284,15 +284,3 @@ def test_decode_pairs_recovers_prepared_examples():
     blocks = data.example_blocks(PROMPTS, COMPLETIONS, block_size=10, pad_token_id=EOS, packed=True)
     assert data.decode_pairs(blocks, Tokenizer()) == [("11 12 13", "21 22"), ("14", "31"), ("15 16", "41 42 43")]
 
-
-def test_short_first_orders_the_first_epoch_only():
-    blocks = data.pad_blocks(docs(9, 1, 5, 3, 7, 2), block_size=16, pad_token_id=EOS)
-    curriculum = data.short_first_order(blocks, seed=0, packed=False)
-    np.testing.assert_array_equal(blocks.document_lengths[curriculum], sorted(blocks.document_lengths))
-    blocks.curriculum = curriculum
-    order = data.train_order(6, 2, 3, 6, 0, seed=0, curriculum=curriculum)  # 2 epochs of 3 steps
-    np.testing.assert_array_equal(order[:6], curriculum)
-    np.testing.assert_array_equal(order[6:], data.epoch_order(6, 0, 1))  # epoch 2: shuffled as usual
-    # Packed free text: a row is as long as the longest document it touches.
-    packed = data.pack_blocks(docs(2, 20, 2, 2, 2, 2), block_size=8)  # 36 tokens: 4 rows
-    np.testing.assert_array_equal(data.row_document_lengths(packed, packed=True), [21, 21, 21, 3])

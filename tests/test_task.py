@@ -255,7 +255,7 @@ def test_a_run_from_before_the_new_config_keys_still_resumes(tmp_path, corpus_fi
 
     config = small_config(tmp_path / "out", corpus_file, tiny_model_dir)
     requested = settings.resolve(config).to_dict()  # what a launch stores: the checked, resolved config
-    for key in ("prompt_field", "completion_field", "order"):
+    for key in ("prompt_field", "completion_field"):
         del requested["data"][key]
     del requested["train"]["select_best_by"]
     os.makedirs(config.output_dir)
@@ -263,6 +263,7 @@ def test_a_run_from_before_the_new_config_keys_still_resumes(tmp_path, corpus_fi
         json.dump({"tunewell": {"format": checkpoints.RUN_FORMAT}, "requested": requested}, f)
     run_dir = checkpoints.OutputDir(config.output_dir)
     run_dir.check_config(settings.resolve(config))  # no error
-    changed = small_config(tmp_path / "out", corpus_file, tiny_model_dir, **{"data.order": "short_first"})
-    with pytest.raises(Exception, match="data.order: 'shuffled' -> 'short_first'"):
+    changed = small_config(tmp_path / "out", corpus_file, tiny_model_dir, **{"data.prompt_field": "q",
+                                                                            "data.completion_field": "a"})
+    with pytest.raises(Exception, match="data.completion_field: '' -> 'a'"):
         run_dir.check_config(settings.resolve(changed))

@@ -389,10 +389,6 @@ class Blocks:
     # holds prompt + completion + EOS), and examples whose completion itself was cut.
     prompt_lengths: np.ndarray | None = None
     truncated_completions: int = 0
-    # Prompt/completion rows: the longest example in each row (for short_first_order).
-    row_lengths: np.ndarray | None = None
-    # data.order=short_first: the row order of the first epoch (see short_first_order).
-    curriculum: np.ndarray | None = None
 
     @property
     def rows(self) -> int:
@@ -490,7 +486,7 @@ def example_blocks(prompts: list[np.ndarray], completions: list[np.ndarray], blo
     prompt's last token, and every prompt token (the boundary included) is -100.
     Positions also continue across examples. README "Fine-tune for a task" has the
     measured effect against padded rows, where each example is alone."""
-    rows, ids_rows, label_rows = [], [], []
+    ids_rows, label_rows = [], []
     current_ids, current_labels = [], []
     truncated = truncated_completions = truncated_tokens = 0
     for prompt, completion in zip(prompts, completions):
@@ -523,8 +519,7 @@ def example_blocks(prompts: list[np.ndarray], completions: list[np.ndarray], blo
     return Blocks(input_ids, mask, labels, documents=len(prompts), tokens=int(lengths.sum()),
                   truncated_documents=truncated, truncated_tokens=truncated_tokens, document_lengths=lengths,
                   prompt_lengths=np.array([len(p) for p in prompts], np.int64),
-                  truncated_completions=truncated_completions,
-                  row_lengths=np.array([max(map(len, r)) for r in ids_rows], np.int64))
+                  truncated_completions=truncated_completions)
 
 
 def tokenize_examples(pairs: list[tuple[str, str]], tokenizer, num_proc: int = 1, desc: str = "Tokenizing",
@@ -610,42 +605,14 @@ FIELDS = ("input_ids", "attention_mask", "labels")
 SHUFFLE_BUFFER_BYTES = 64 * 2**20
 
 
-def epoch_order(rows: int, seed: int, epoch: int, curriculum: np.ndarray | None = None) -> np.ndarray:
+def epoch_order(rows: int, seed: int, epoch: int) -> np.ndarray:
     """The row order of one epoch: a fixed function of (seed, epoch), so a resumed
-    run sees exactly the batches the interrupted one would have. With a curriculum
-    (data.order=short_first), the first epoch follows it."""
-    if curriculum is not None and epoch == 0:
-        return curriculum
+    run sees exactly the batches the interrupted one would have."""
     return np.random.default_rng([seed, epoch]).permutation(rows)
 
 
-def row_document_lengths(blocks: Blocks, packed: bool) -> np.ndarray:
-    """Per row, the length (tokens) of the longest document or example that has tokens in it.
-
-    Padded rows hold one document; prompt/completion rows whole examples; a packed row
-    of free text spans the documents whose [start, end) meets [row x block, (row+1) x block)."""
-    lengths, block = blocks.document_lengths, blocks.input_ids.shape[1]
-    if not packed:  # one document or example per row
-        return np.minimum(lengths, block).astype(np.int64)
-    if blocks.row_lengths is not None:  # whole examples per row, measured when they were placed
-        return blocks.row_lengths
-    ends = np.cumsum(lengths)
-    starts = np.arange(blocks.rows) * block
-    first = np.searchsorted(ends, starts, side="right")  # first document ending after the row starts
-    last = np.minimum(np.searchsorted(ends, starts + block - 1, side="right"), len(lengths) - 1)
-    return np.array([lengths[f: l + 1].max() for f, l in zip(first, last)], np.int64)
-
-
-def short_first_order(blocks: Blocks, seed: int, packed: bool) -> np.ndarray:
-    """data.order=short_first: the first epoch's rows from short documents to long ones
-    (rows of equal length in a seeded random order). A curriculum: the model meets
-    short, complete texts before long ones (Bengio et al. 2009)."""
-    shuffled = np.random.default_rng([seed, 0]).permutation(blocks.rows)
-    return shuffled[np.argsort(row_document_lengths(blocks, packed)[shuffled], kind="stable")]
-
-
 def train_order(rows: int, global_batch: int, steps_per_epoch: int, total_steps: int, start_step: int,
-                seed: int, curriculum: np.ndarray | None = None) -> np.ndarray:
+                seed: int) -> np.ndarray:
     """Row indices of the global batches for steps start_step .. total_steps-1, concatenated.
 
     Each epoch shuffles the rows and keeps steps_per_epoch full batches
@@ -653,8 +620,7 @@ def train_order(rows: int, global_batch: int, steps_per_epoch: int, total_steps:
     per_epoch = steps_per_epoch * global_batch
     last_epoch = (total_steps - 1) // steps_per_epoch
     first_epoch = start_step // steps_per_epoch
-    order = np.concatenate([epoch_order(rows, seed, e, curriculum)[:per_epoch]
-                            for e in range(first_epoch, last_epoch + 1)])
+    order = np.concatenate([epoch_order(rows, seed, e)[:per_epoch] for e in range(first_epoch, last_epoch + 1)])
     skip = (start_step - first_epoch * steps_per_epoch) * global_batch
     return order[skip: skip + (total_steps - start_step) * global_batch]
 
@@ -691,8 +657,7 @@ def train_dataset(blocks: Blocks, global_batch: int, steps_per_epoch: int, total
     """Global batches (one device's view) for steps start_step .. total_steps-1."""
     import tensorflow as tf
 
-    order = train_order(blocks.rows, global_batch, steps_per_epoch, total_steps, start_step, seed,
-                        blocks.curriculum)
+    order = train_order(blocks.rows, global_batch, steps_per_epoch, total_steps, start_step, seed)
     return _rows_dataset(blocks, order, global_batch).prefetch(tf.data.AUTOTUNE)
 
 
@@ -764,8 +729,7 @@ def distributed_train_data(strategy, source, global_batch: int, steps_per_epoch:
             ds = _shards_dataset(source, per_replica, local_replicas, context.num_input_pipelines,
                                  context.input_pipeline_id, steps_per_epoch, total_steps, start_step, seed)
         else:
-            order = train_order(source.rows, global_batch, steps_per_epoch, total_steps, start_step, seed,
-                                source.curriculum)
+            order = train_order(source.rows, global_batch, steps_per_epoch, total_steps, start_step, seed)
             order = _pipeline_order(order, global_batch, context.num_input_pipelines, context.input_pipeline_id)
             ds = _rows_dataset(source, order, per_replica)
         return ds.prefetch(tf.data.AUTOTUNE)

@@ -270,7 +270,7 @@ def task_metric_disagreement(val_points: list[dict], select_by: str) -> list[dic
             summary += (": the loss rose while the task kept improving, the model growing confident on what it "
                         f"gets right (step {other['step']} has the lower loss).")
         else:
-            summary += (f": later steps fit the wording better but did the task worse, or the metric is noisy on "
-                        f"few examples (one example moves it by 100/N points: raise --config.eval.task_examples).")
+            summary += (": later steps fit the wording better but did the task worse, or the metric is noisy on "
+                        "few examples (one example moves it by 100/N points: raise --config.eval.task_examples).")
         return [_finding(TASK_DISAGREEMENT, summary, evidence, [], "info")]
     return []

@@ -78,7 +78,6 @@ RULES = {
     "data.normalize": (_normalize_steps, '"" or a comma-separated subset of control,nfkc,whitespace,lowercase'),
     "data.block_size": (_int(2), "at least 2 tokens, e.g. 512"),
     "data.batching": (_choice("auto", "packed", "padded"), "auto, packed or padded"),
-    "data.order": (_choice("shuffled", "short_first"), "shuffled or short_first"),
     "data.num_proc": (_int(1), "at least 1"),
     "data.cache_dir": (_text(allow_empty=True), 'a local folder, or "" for no token cache'),
     "data.prepared_dir": (_text(allow_empty=True), "a folder written by python -m trainer.prepare, or empty"),
@@ -185,10 +184,6 @@ def check(config) -> None:
         raise UserError(f"--config.data.{given} is set but --config.data.{missing} is not: prompt/completion "
                         "data needs both (e.g. --config.data.prompt_field=prompt "
                         "--config.data.completion_field=completion), free text neither.")
-    if d.order == "short_first" and d.prepared_dir:
-        raise UserError("--config.data.order=short_first needs the rows in memory; prepared shards are read "
-                        "file by file through a shuffle buffer. Drop --config.data.prepared_dir or use "
-                        "--config.data.order=shuffled.")
     if config.train.select_best_by != "loss" and not d.prompt_field:
         raise UserError(f"--config.train.select_best_by={config.train.select_best_by} scores completions of "
                         "prompt/completion data: set --config.data.prompt_field and "

@@ -107,9 +107,6 @@ def prepare(config, log=reporting.say) -> Prepared:
                                         config.data, "Tokenizing training")
     val_blocks = data_lib.make_blocks(documents.validation_pairs if pairs else documents.validation, tokenizer,
                                       config.data, "Tokenizing validation", keep_tail=True)
-    if config.data.order == "short_first":
-        train_blocks.curriculum = data_lib.short_first_order(train_blocks, config.seed,
-                                                             config.data.batching == "packed")
     fingerprint = ckpt_lib.data_fingerprint(train_blocks, val_blocks)
     stats = {"train": train_blocks.stats(), "validation": val_blocks.stats()}
     return _plan(config, documents, tokenizer, model_config, train_blocks, val_blocks, train_blocks,
