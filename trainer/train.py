@@ -24,8 +24,8 @@ from trainer import lr_range
 from trainer import model as model_lib
 from trainer import optimization
 from trainer import reporting
-from trainer import settings
 from trainer import review as review_lib
+from trainer import settings
 from trainer import steps as steps_lib
 from trainer import task_metrics
 from trainer import vertex
