@@ -210,6 +210,16 @@ def is_prompt_completion(data_config) -> bool:
     return bool(data_config.prompt_field and data_config.completion_field)
 
 
+def batching_of(data_config) -> str:
+    """data.batching with "auto" decided: packed for free text, padded for prompt/completion
+    data, where an example alone in its row, from position 0 as at inference, learnt the
+    task far better than packed ones (README "Fine-tune for a task": exact match 56 against 0
+    on the task sample at the same examples seen)."""
+    if data_config.batching != "auto":
+        return data_config.batching
+    return "padded" if is_prompt_completion(data_config) else "packed"
+
+
 def read_examples(spec: str, flag: str, prompt_field: str, completion_field: str,
                   normalize=()) -> list[tuple[str, str]]:
     """(prompt, completion) records of JSONL/JSON/CSV/Parquet files, in file order.
@@ -540,9 +550,9 @@ def make_blocks(documents, tokenizer, data_config, desc, keep_tail=False):
         prompts, completions = tokenize_examples(documents, tokenizer, data_config.num_proc, desc,
                                                  data_config.cache_dir)
         return example_blocks(prompts, completions, data_config.block_size, tokenizer.pad_token_id,
-                              packed=data_config.batching == "packed")
+                              packed=batching_of(data_config) == "packed")
     token_ids = tokenize(documents, tokenizer, data_config.num_proc, desc, data_config.cache_dir)
-    if data_config.batching == "packed":
+    if batching_of(data_config) == "packed":
         return pack_blocks(token_ids, data_config.block_size, tokenizer.pad_token_id, keep_tail)
     return pad_blocks(token_ids, data_config.block_size, tokenizer.pad_token_id)
 

@@ -154,6 +154,7 @@ def run_checks(config, prep, n_params: int, replicas: int = 1) -> tuple[list[Fin
     Prepared data (prep.train_blocks is None) was audited by trainer.prepare,
     which read the documents (PREPARED_DIR/doctor.md); here only the settings
     are checked against it."""
+    config = prep.config  # checked and resolved (data.batching auto -> packed or padded)
     tokenizer = prep.tokenizer
     if prep.train_blocks is None:
         findings = settings_findings(config, prep.plan, prep.data_stats["train"]["documents"],

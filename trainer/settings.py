@@ -215,11 +215,9 @@ def resolve(config):
         section, _, name = key.rpartition(".")
         node = resolved[section] if section else resolved
         node[name] = filesystem.expand(node[name])
-    if resolved.data.batching == "auto":
-        # Free text packs; prompt/completion examples each get a row of their own: measured on the
-        # task sample (README "Packed or padded, measured"), isolated examples learnt the task
-        # far better than packed ones at the same number of examples seen.
-        resolved.data.batching = "padded" if resolved.data.prompt_field else "packed"
+    from trainer.data import batching_of
+
+    resolved.data.batching = batching_of(resolved.data)
     vertex_outputs = vertex.output_locations()
     if vertex_outputs and not filesystem.is_remote(resolved.output_dir):
         # On Vertex a local folder dies with the job's VM: the job's baseOutputDirectory it is.
