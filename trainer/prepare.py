@@ -125,7 +125,8 @@ def _row_differences(manifest: dict, config, tokenizer_sha256: str) -> list[str]
     """Block size, batching and tokenizer against the manifest, as the flags that differ."""
     differences = []
     for key in ("block_size", "batching"):
-        if manifest[key] != config.data[key]:
+        value = data_lib.batching_of(config.data) if key == "batching" else config.data[key]  # auto, decided
+        if manifest[key] != value:
             differences.append(f"--config.data.{key}={config.data[key]} (prepared with {manifest[key]})")
     stored = manifest["tokenizer"]
     if stored["sha256"] != tokenizer_sha256:
@@ -257,7 +258,7 @@ def _settings(config, tokenizer) -> dict:
                       "vocab_size": len(tokenizer), "eos_token_id": tokenizer.eos_token_id,
                       "pad_token_id": tokenizer.pad_token_id, "sha256": tokenizer_hash(tokenizer)},
         "block_size": config.data.block_size,
-        "batching": config.data.batching,
+        "batching": data_lib.batching_of(config.data),
         "seed": config.seed,
         "data": {key: config.data[key] for key in DATA_FIELDS},
         # Sizes too: a glob that matches a new file, or a file that grew, is new data
