@@ -158,6 +158,7 @@ class Bench:
 
     def config(self, output_dir: str, overrides: dict):
         from configs import default
+        from trainer import settings
 
         config = default.get_config()
         config.output_dir = output_dir
@@ -168,12 +169,7 @@ class Bench:
         config.preflight = "off"              # the doctor's audit changes no weight
         config.eval.num_prompts = 0           # nor do the samples and the review sheet
         config.eval.review_examples = 0
-        for key, value in overrides.items():
-            section, _, field = key.rpartition(".")
-            target = config
-            for part in filter(None, section.split(".")):
-                target = target[part]
-            target[field] = value
+        settings.override(config, overrides)
         config.lock()
         return config
 

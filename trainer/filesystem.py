@@ -136,24 +136,14 @@ def write_file(path: str, write) -> None:
 
 
 def write_text(path: str, text: str) -> None:
-    if is_remote(path):
-        with _gfile().GFile(path, "w") as f:  # one object, created whole on close
-            f.write(text)
-        return
-
-    def write(tmp):
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-    write_file(path, write)
+    """UTF-8 whatever the machine's locale (reports, JSON and CSVs hold any script)."""
+    write_bytes(path, text.encode("utf-8"))
 
 
 def write_bytes(path: str, data: bytes) -> None:
-    """Bytes as given: for files whose encoding is part of the promise (review.csv's
-    UTF-8 with BOM), which write_text would leave to the machine's locale."""
+    """Bytes as given (e.g. review.csv's UTF-8 with a BOM), atomically."""
     if is_remote(path):
-        with _gfile().GFile(path, "wb") as f:
+        with _gfile().GFile(path, "wb") as f:  # one object, created whole on close
             f.write(data)
         return
 

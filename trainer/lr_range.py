@@ -177,7 +177,6 @@ def auto_learning_rate(model, strategy, blocks, plan, config, log=print) -> dict
     seconds = time.perf_counter() - started
     for variable, value in zip(model.trainable_weights, initial):  # the run starts from the model as loaded
         variable.assign(value)
-    del optimizer
     finite = [v if math.isfinite(v) else float("nan") for v in smoothed]
     try:
         picked = suggest(lrs, finite)
