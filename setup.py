@@ -44,8 +44,9 @@ setup(
     extras_require={
         # Vertex AI launcher (deploy/vertex.py): its specs are checked against this library's v1 protos.
         "deploy": ["google-cloud-aiplatform>=1.70"],
-        # emulator: tests/gcs_server.py; aiplatform: tests/test_deploy_vertex.py parses specs with it.
-        "test": ["pytest>=8", "gcp-storage-emulator>=2026.7", "google-cloud-aiplatform>=1.70"],
+        # emulator: tests/gcs_server.py; aiplatform: tests/test_deploy_vertex.py parses specs with it;
+        # import-linter: tests/test_layers.py checks the layers of setup.cfg's contracts.
+        "test": ["pytest>=8", "gcp-storage-emulator>=2026.7", "google-cloud-aiplatform>=1.70", "import-linter>=2.1"],
         # Reading pytorch_model.bin checkpoints (torch pickles). The CPU build; on the
         # project's machines pip finds it offline in its find-links folder.
         "torch": ["torch==2.13.0"],

@@ -26,7 +26,7 @@ import numpy as np
 # Runs from a clone whether or not the package is installed in the venv.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from trainer import audit  # noqa: E402
+from trainer.diagnosis import audit  # noqa: E402
 
 VOCABULARY_WORDS = 30_000
 SYLLABLES = [c + v for c in "bcdfghjklmnprstvwz" for v in ("a", "e", "i", "o", "u", "ai", "ou")]

@@ -87,7 +87,7 @@ def sample_corpus():
 
 def run_one(name, docs, workdir, steps):
     from configs import local
-    from trainer import train
+    from trainer.run import train
 
     corpus = os.path.join(workdir, f"{name}.jsonl")
     with open(corpus, "w") as f:

@@ -179,7 +179,7 @@ class Bench:
         return json.load(open(saved)) if os.path.exists(saved) else None
 
     def run(self, label: str, overrides: dict) -> dict:
-        from trainer import train
+        from trainer.run import train
 
         output_dir = self.path("runs", label)
         saved = os.path.join(output_dir, "bench.json")
@@ -325,7 +325,7 @@ def write_jsonl(path, docs, field="text"):
 
 
 def derived_rate(model: str, tokens_per_step: int = 2048) -> float:
-    from trainer import optimization
+    from trainer.training import optimization
 
     return optimization.derived_learning_rate(MODELS[model]["n_embd"], tokens_per_step)
 

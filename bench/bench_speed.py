@@ -267,7 +267,7 @@ def heldout_loss(model, tokenizer, documents: list[str], block_size: int, batch_
     evaluation step (the one shift, the global token mean)."""
     from trainer import data as data_lib
     from trainer import evaluation
-    from trainer import steps as steps_lib
+    from trainer.training import steps as steps_lib
 
     blocks = data_lib.pack_blocks(data_lib.tokenize(documents, tokenizer, desc="Tokenizing held-out"),
                                   block_size, tokenizer.pad_token_id, keep_tail=True)
@@ -412,7 +412,7 @@ def tunewell_calls(train_loop, iterator, config, total_steps: int, strategy) -> 
     (seconds, useful tokens, steps); and the steps per call it settled on."""
     import tensorflow as tf
 
-    from trainer import distribution
+    from trainer.training import distribution
 
     log_every = config.train.log_every_steps
     per_call, calls, step = config.runtime.steps_per_execution or 1, [], 0
@@ -460,9 +460,11 @@ def tunewell_recipe(spec: dict) -> dict:
     import tensorflow as tf
 
     from trainer import data as data_lib
-    from trainer import distribution, optimization, settings, train
+    from trainer.training import distribution, optimization
+    from trainer import settings
+    from trainer.run import train
     from trainer import model as model_lib
-    from trainer import steps as steps_lib
+    from trainer.training import steps as steps_lib
 
     phases = Phases()
     config = settings.resolve(tunewell_config(spec))

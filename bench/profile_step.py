@@ -52,7 +52,11 @@ def main():
     import tensorflow as tf
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    from trainer import data as data_lib, distribution, model as model_lib, optimization, settings, steps, train
+    from trainer import data as data_lib, model as model_lib, settings
+
+    from trainer.training import distribution, optimization, steps
+
+    from trainer.run import train
 
     shape = bench.MODELS[args.model]
     files = {"dir": os.path.join(bench.WORK, "models", args.model),

@@ -166,7 +166,8 @@ import json, sys
 import numpy as np
 import trainer
 from configs import default
-from trainer import distribution, model as model_lib
+from trainer.training import distribution
+from trainer import model as model_lib
 config = default.get_config().runtime
 config.strategy, config.cpu_devices = "mirrored", 2
 strategy = distribution.get_strategy(config, log=lambda m: None)

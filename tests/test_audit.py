@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from trainer import audit
+from trainer.diagnosis import audit
 
 # Forty sentences with no shared skeleton, no digits and no mid-sentence names.
 SENTENCES = [

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from tests.conftest import cli_args, make_documents, quiet, run_cli, small_config, write_jsonl
-from trainer import train
+from trainer.run import train
 from trainer.errors import UserError
 
 
@@ -174,7 +174,7 @@ def test_resume_uses_the_stored_plan_when_the_rules_change(interrupted_run, monk
     """Another version deriving another warm-up must not bend the schedule mid-run."""
     import dataclasses
 
-    from trainer import optimization
+    from trainer.training import optimization
 
     stored = json.load(open(os.path.join(interrupted_run.output_dir, "config.json")))["plan"]
     plan_training = optimization.plan_training

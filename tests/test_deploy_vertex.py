@@ -42,8 +42,8 @@ def parsed(spec, message="CustomJobSpec"):
 
 def round_trip(args):
     """The config trainer.task's own parse_flags builds from args, in a fresh process."""
-    code = ("import sys; from trainer import task; task.parse_flags(['trainer.task', *sys.argv[1:]]); "
-            "print(task._CONFIG.value.to_json())")
+    code = ("import sys; from trainer import cli; cli.parse_flags(['trainer.task', *sys.argv[1:]]); "
+            "print(cli.CONFIG.value.to_json())")
     out = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)

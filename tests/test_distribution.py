@@ -15,7 +15,8 @@ COMPARE = textwrap.dedent("""
     import json, sys
     import trainer
     from configs import default
-    from trainer import distribution, model as model_lib, optimization, steps
+    from trainer.training import distribution, optimization, steps
+    from trainer import model as model_lib
     config = default.get_config().runtime
     config.strategy, config.cpu_devices = "mirrored", 2
     mirrored = distribution.get_strategy(config, log=lambda m: None)
@@ -79,7 +80,7 @@ def test_training_on_two_logical_cpus_through_the_cli(tmp_path, corpus_file, tin
 def test_auto_precision_follows_what_the_hardware_computes_natively(tmp_path):
     import tensorflow as tf
 
-    from trainer import distribution
+    from trainer.training import distribution
 
     default_strategy = tf.distribute.get_strategy()
     cases = [({"avx2", "avx512f", "avx512_bf16"}, None, "mixed_bfloat16"),  # Intel/AMD with AVX-512 BF16
@@ -100,7 +101,7 @@ def test_auto_precision_follows_what_the_hardware_computes_natively(tmp_path):
 def test_steps_per_call_fits_about_two_seconds_and_stops_at_the_log_interval():
     import tensorflow as tf
 
-    from trainer import distribution
+    from trainer.training import distribution
 
     strategy = tf.distribute.get_strategy()
     assert distribution.steps_per_call(strategy, 0.05, log_every_steps=10) == 10   # 40 fit; the log comes first

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import make_documents, quiet, run_cli, small_config, write_jsonl
-from trainer import data, diagnosis, doctor, train
+from trainer import data, diagnosis
+from trainer.run import train
 from trainer.errors import UserError
 
 SAMPLE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "sample", "corpus.jsonl")
@@ -16,7 +17,7 @@ SAMPLE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "sampl
 
 def checks(config):
     prep = train.prepare(config, log=quiet)
-    findings, _ = doctor.run_checks(config, prep, doctor.estimate_parameters(prep.model_config))
+    findings, _ = diagnosis.run_checks(config, prep, diagnosis.estimate_parameters(prep.model_config))
     return findings
 
 
@@ -26,7 +27,7 @@ def severities(findings, check):
 
 def test_clean_corpus_has_no_error(tmp_path, tiny_model_dir):
     findings = checks(small_config(tmp_path / "o", SAMPLE, tiny_model_dir, **{"train.epochs": 3}))
-    assert not [f for f in findings if f.severity == "error"], doctor.terminal_summary(findings)
+    assert not [f for f in findings if f.severity == "error"], diagnosis.terminal_summary(findings)
 
 
 def test_duplicates_are_an_error(tmp_path, tiny_model_dir):
@@ -80,19 +81,19 @@ def test_eos_masked_by_pad_as_eos_is_an_error():
     eos = 0
     token_docs = [np.array([5, 6, eos], np.int32), np.array([7, 8, 9, eos], np.int32)]
     good = data.pad_blocks(token_docs, block_size=6, pad_token_id=eos)
-    assert not [f for f in doctor.label_findings(good, eos) if f.severity == "error"]
+    assert not [f for f in diagnosis.label_findings(good, eos) if f.severity == "error"]
     # The classic bug: labels masked where the id equals the pad id, which is also EOS.
     bad = data.pad_blocks(token_docs, block_size=6, pad_token_id=eos)
     bad.labels = np.where(bad.input_ids == eos, data.IGNORE_INDEX, bad.input_ids).astype(np.int32)
-    errors = [f for f in doctor.label_findings(bad, eos) if f.severity == "error"]
+    errors = [f for f in diagnosis.label_findings(bad, eos) if f.severity == "error"]
     assert len(errors) == 1 and "real EOS tokens are masked" in errors[0].figure
     # Padding with labels, and labels shifted in the data as well as in the loss.
     padded_scored = data.pad_blocks(token_docs, block_size=6, pad_token_id=eos)
     padded_scored.labels = padded_scored.input_ids.copy()
-    assert any("padding positions carry labels" in f.figure for f in doctor.label_findings(padded_scored, eos))
+    assert any("padding positions carry labels" in f.figure for f in diagnosis.label_findings(padded_scored, eos))
     shifted = data.pack_blocks([np.arange(1, 40, dtype=np.int32)], block_size=8)
     shifted.labels = np.concatenate([shifted.input_ids[:, 1:], np.full([4, 1], -100)], axis=1).astype(np.int32)
-    assert any("NEXT input token" in f.figure for f in doctor.label_findings(shifted, eos))
+    assert any("NEXT input token" in f.figure for f in diagnosis.label_findings(shifted, eos))
 
 
 def test_strict_preflight_stops_before_any_output(tmp_path, tiny_model_dir):
@@ -193,13 +194,13 @@ def test_monitor_still_flags_real_oscillation_and_spikes():
 
 
 def test_examples_times_epochs_only_warns_when_a_change_would_help(tmp_path, corpus_file, tiny_model_dir):
-    from trainer import optimization
+    from trainer.training import optimization
 
     def example_epoch_findings(documents, epochs, derived=False):
         config = small_config(tmp_path / "o", corpus_file, tiny_model_dir)
         plan = optimization.TrainingPlan(100, epochs, 100 * epochs, 6, 3e-3, 10, 10, 256,
                                          {"train.epochs": "derived"} if derived else {})
-        found = doctor.settings_findings(config, plan, documents, 32, 10_000, 10 ** 6)
+        found = diagnosis.settings_findings(config, plan, documents, 32, 10_000, 10 ** 6)
         return [f for f in found if "examples x epochs" in f.figure]
 
     assert not example_epoch_findings(30_000, 1)      # a big corpus at 1 epoch: ordinary
@@ -215,6 +216,6 @@ def test_examples_times_epochs_only_warns_when_a_change_would_help(tmp_path, cor
 
 def test_overfit_one_batch_passes_on_a_sound_model(tmp_path, corpus_file, tiny_model_dir):
     config = small_config(tmp_path / "o", corpus_file, tiny_model_dir)
-    finding = doctor.overfit_one_batch(config, train.prepare(config, log=quiet), log=quiet)
+    finding = diagnosis.overfit_one_batch(config, train.prepare(config, log=quiet), log=quiet)
     assert finding.severity == "info", finding
     assert finding.data["last_loss"] < 0.3 * finding.data["first_loss"]

@@ -24,7 +24,7 @@ import pytest
 
 from tests.conftest import ROOT, cli_args, quiet, run_cli, small_config
 from trainer import model as model_lib
-from trainer import train
+from trainer.run import train
 
 # 216 training documents -> 27 steps/epoch at 8 x 32 tokens; 2 epochs = 54 steps,
 # evaluations every 10 steps, a checkpoint at each, every step logged.
@@ -220,7 +220,9 @@ def test_stop_request_on_an_evaluation_step_saves_first(tmp_path, corpus_file, t
                                                         monkeypatch):
     """SIGTERM during the step before an evaluation: the state is saved without evaluating or
     generating; the evaluation runs first thing on resume, so the run ends the same."""
-    from trainer import evaluation, steps
+    from trainer import evaluation
+    from trainer.model import sampler
+    from trainer.training import steps
 
     make_train_loop = steps.make_train_loop
     generations = []
@@ -235,7 +237,7 @@ def test_stop_request_on_an_evaluation_step_saves_first(tmp_path, corpus_file, t
             return out
         return run
 
-    sample = evaluation.sample_generations
+    sample = sampler.sample_generations
     monkeypatch.setattr(evaluation, "sample_generations",  # the evaluation's samples (1 prompt), not the review's
                         lambda model, tokenizer, prompts, *a, **k: (len(prompts) == 1 and generations.append(1))
                         or sample(model, tokenizer, prompts, *a, **k))

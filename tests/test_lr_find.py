@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import quiet, run_cli, small_config
-from trainer import checkpoints, lr_find
+from trainer.training import checkpoints
+from trainer.run import lr_find
 
 # 7 decades in 70 steps: x1.263 per step. The tiny model blows up near lr 2.5 (step ~54) and the
 # sweep stops at ~57, so the 13 steps left (a factor 20 in lr) keep "diverged" from depending on luck.

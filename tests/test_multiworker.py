@@ -196,7 +196,8 @@ ONE_STEP = textwrap.dedent("""
     import json, sys
     import trainer
     from configs import default
-    from trainer import data, distribution, model as model_lib, optimization, steps
+    from trainer import data, model as model_lib
+    from trainer.training import distribution, optimization, steps
     runtime = default.get_config().runtime
     runtime.strategy = sys.argv[2]
     strategy = distribution.get_strategy(runtime, log=lambda m: None)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from trainer import optimization
+from trainer.training import optimization
 from trainer.errors import UserError
 
 

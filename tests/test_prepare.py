@@ -8,9 +8,11 @@ import pytest
 
 from tests.conftest import cli_args, make_documents, quiet, run_cli, small_config
 from tests.gcs_server import BUCKET
-from trainer import checkpoints, filesystem, prepare, train
+from trainer import filesystem
+from trainer.data import blocks as data_blocks, shards as shards_lib, tokens as data_tokens
+from trainer.run import preparation as prepare, train
 from trainer.errors import UserError
-from trainer.prepare import FEATURES
+from trainer.data.shards import FEATURES
 
 
 def in_memory(config):
@@ -34,9 +36,9 @@ def prepared(request, tmp_path_factory, corpus_file, tiny_model_dir):
 def test_shards_read_back_as_the_in_memory_blocks(prepared):
     config, manifest, prep = prepared
     folder = config.data.prepared_dir
-    assert prepare.read_manifest(folder) == manifest  # what was returned is what is on disk
+    assert shards_lib.read_manifest(folder) == manifest  # what was returned is what is on disk
     for split, blocks in (("train", prep.train_blocks), ("validation", prep.val_blocks)):
-        read = prepare.read_blocks(folder, manifest, split)
+        read = shards_lib.read_blocks(folder, manifest, split)
         for name in FEATURES:
             array = getattr(read, name)
             assert array.dtype == np.int32
@@ -45,34 +47,34 @@ def test_shards_read_back_as_the_in_memory_blocks(prepared):
         shards = manifest["splits"][split]["shards"]
         assert sum(s["rows"] for s in shards) == manifest["splits"][split]["rows"] == blocks.rows
         assert manifest["splits"][split]["bytes"] == sum(
-            os.path.getsize(path) for path in prepare.shard_paths(folder, manifest, split))
-    assert manifest["data_fingerprint"] == checkpoints.data_fingerprint(prep.train_blocks, prep.val_blocks)
+            os.path.getsize(path) for path in shards_lib.shard_paths(folder, manifest, split))
+    assert manifest["data_fingerprint"] == data_blocks.data_fingerprint(prep.train_blocks, prep.val_blocks)
     assert (manifest["block_size"], manifest["batching"]) == (32, config.data.batching)
     lengths = prep.train_blocks.document_lengths
     assert manifest["document_lengths_train"] == {
         "count": len(lengths), "mean": pytest.approx(lengths.mean()), "p50": np.percentile(lengths, 50),
         "p90": np.percentile(lengths, 90), "max": lengths.max()}
-    assert manifest["tokenizer"]["sha256"] == prepare.tokenizer_hash(prep.tokenizer)
+    assert manifest["tokenizer"]["sha256"] == data_tokens.tokenizer_hash(prep.tokenizer)
 
 
 def test_read_blocks_reads_a_sample_and_refuses_a_damaged_shard(prepared, tmp_path):
     import shutil
 
     config, manifest, prep = prepared
-    sample = prepare.read_blocks(config.data.prepared_dir, manifest, "train", max_rows=25)  # 2 shards' worth
+    sample = shards_lib.read_blocks(config.data.prepared_dir, manifest, "train", max_rows=25)  # 2 shards' worth
     assert np.array_equal(sample.input_ids, prep.train_blocks.input_ids[:25])
     damaged = shutil.copytree(config.data.prepared_dir, tmp_path / "damaged")
     shard = damaged / manifest["splits"]["train"]["shards"][3]["file"]
     shard.write_bytes(shard.read_bytes()[:-100])  # a copy cut short
     with pytest.raises(UserError, match=r"train shards of .*damaged cannot be read.*--overwrite"):
-        prepare.read_blocks(str(damaged), manifest, "train")
+        shards_lib.read_blocks(str(damaged), manifest, "train")
 
 
 def test_rows_are_dealt_into_contiguous_shards_in_order(prepared):
     config, manifest, prep = prepared
     shards = manifest["splits"]["train"]["shards"]
     rows = prep.train_blocks.rows
-    assert len(shards) == min(prepare.MIN_TRAIN_SHARDS, rows)  # a tiny corpus: 16 shards of ~20 rows
+    assert len(shards) == min(shards_lib.MIN_TRAIN_SHARDS, rows)  # a tiny corpus: 16 shards of ~20 rows
     assert [s["file"] for s in shards] == [f"train-{i:05d}-of-00016.tfrecord" for i in range(16)]
     assert [s["rows"] for s in shards] == [(i + 1) * rows // 16 - i * rows // 16 for i in range(16)]
     assert len(manifest["splits"]["validation"]["shards"]) == 1
@@ -82,8 +84,8 @@ def test_parse_example_gives_static_shapes_for_tf_data(prepared):
     import tensorflow as tf
 
     config, manifest, prep = prepared
-    paths = prepare.shard_paths(config.data.prepared_dir, manifest, "train")
-    dataset = tf.data.TFRecordDataset(paths).map(lambda s: prepare.parse_example(s, 32))
+    paths = shards_lib.shard_paths(config.data.prepared_dir, manifest, "train")
+    dataset = tf.data.TFRecordDataset(paths).map(lambda s: shards_lib.parse_example(s, 32))
     for name in FEATURES:
         assert dataset.element_spec[name].shape.as_list() == [32]
         assert dataset.element_spec[name].dtype == tf.int32
@@ -93,11 +95,11 @@ def test_parse_example_gives_static_shapes_for_tf_data(prepared):
 
 def test_shard_count_rule():
     # 512-token rows take 6,234 bytes: a 100M-token corpus (195,313 rows, 1.2 GB) makes 19 shards of ~64 MB.
-    assert prepare.shard_count(195_313, 6_234, minimum=16) == 19
-    assert prepare.shard_count(1_953, 6_234, minimum=16) == 16  # 12 MB: still one file per worker of 16
-    assert prepare.shard_count(5, 6_234, minimum=16) == 5  # never an empty shard
-    assert prepare.shard_count(300, 6_234, minimum=1) == 1  # validation
-    assert prepare.shard_count(0, 0, minimum=16) == 1
+    assert shards_lib.shard_count(195_313, 6_234, minimum=16) == 19
+    assert shards_lib.shard_count(1_953, 6_234, minimum=16) == 16  # 12 MB: still one file per worker of 16
+    assert shards_lib.shard_count(5, 6_234, minimum=16) == 5  # never an empty shard
+    assert shards_lib.shard_count(300, 6_234, minimum=1) == 1  # validation
+    assert shards_lib.shard_count(0, 0, minimum=16) == 1
 
 
 def test_shards_flag_sets_the_training_shards_and_must_leave_each_a_row(tmp_path, corpus_file, tiny_model_dir):
@@ -135,9 +137,9 @@ def test_refuses_a_folder_of_someone_elses_files_and_overwrites_its_own_leftover
     (killed / "validation-00000-of-00001.tfrecord").write_bytes(b"")
     config = small_config(tmp_path / "run", corpus_file, tiny_model_dir, **{"data.prepared_dir": str(killed)})
     manifest = prepare.prepare_data(config, log=quiet)
-    expected = {s["file"] for split in prepare.SPLITS for s in manifest["splits"][split]["shards"]}
+    expected = {s["file"] for split in shards_lib.SPLITS for s in manifest["splits"][split]["shards"]}
     assert set(os.listdir(killed)) == expected | {"manifest.json", *prepare.DOCTOR_FILES}
-    validation = prepare.read_blocks(str(killed), manifest, "validation")
+    validation = shards_lib.read_blocks(str(killed), manifest, "validation")
     assert validation.rows == manifest["splits"]["validation"]["rows"]
 
 
@@ -154,7 +156,7 @@ def test_overwrite_replaces_a_folder_prepared_with_other_settings(tmp_path, corp
     assert manifest["block_size"] == 16
     assert sorted(os.listdir(folder)) == sorted(
         ["manifest.json", *prepare.DOCTOR_FILES] +
-        [s["file"] for split in prepare.SPLITS for s in manifest["splits"][split]["shards"]])
+        [s["file"] for split in shards_lib.SPLITS for s in manifest["splits"][split]["shards"]])
 
 
 def test_bootstrap_tiny_builds_the_tokenizer_first_and_a_rebuilt_one_is_the_same(tmp_path, corpus_file):
@@ -169,7 +171,7 @@ def test_bootstrap_tiny_builds_the_tokenizer_first_and_a_rebuilt_one_is_the_same
         "model.tiny.n_embd": 32, "model.tiny.n_head": 2, "model.tiny.n_positions": 64,
         "model.tiny.vocab_size": 300})
     manifest = prepare.prepare_data(config, log=quiet)
-    assert manifest["tokenizer"]["sha256"] == prepare.tokenizer_hash(model_lib.load_tokenizer(str(model_dir)))
+    assert manifest["tokenizer"]["sha256"] == data_tokens.tokenizer_hash(model_lib.load_tokenizer(str(model_dir)))
     mtimes = {name: os.stat(folder / name).st_mtime_ns for name in os.listdir(folder)}
     shutil.rmtree(model_dir)  # decided only after building it again: the same tokenizer, the same rows
     assert prepare.prepare_data(config, log=quiet) == manifest
@@ -180,15 +182,15 @@ def test_read_manifest_says_how_to_prepare_an_incomplete_folder(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(UserError, match=r"holds no manifest.json.*python -m trainer.prepare"):
-        prepare.read_manifest(str(empty))
+        shards_lib.read_manifest(str(empty))
     (empty / "train-00000-of-00016.tfrecord").write_bytes(b"")  # shards of a killed run
     with pytest.raises(UserError, match=r"interrupted.*python -m trainer.prepare"):
-        prepare.read_manifest(str(empty))
+        shards_lib.read_manifest(str(empty))
     with pytest.raises(UserError, match=r"does not exist.*python -m trainer.prepare"):
-        prepare.read_manifest(str(tmp_path / "missing"))
+        shards_lib.read_manifest(str(tmp_path / "missing"))
     (empty / "manifest.json").write_text('{"format": "someone else\'s"}')
     with pytest.raises(UserError, match=r"not a tunewell prepared-data manifest.*python -m trainer.prepare"):
-        prepare.read_manifest(str(empty))
+        shards_lib.read_manifest(str(empty))
 
 
 # ----------------------------------------------------------------------------- the trainer's check
@@ -217,7 +219,7 @@ def test_check_manifest_refuses_another_block_size_batching_or_tokenizer(prepare
 
     config, manifest, prep = prepared
     same = model_lib.load_tokenizer(tiny_model_dir)  # loaded again: the same hash
-    prepare.check_manifest(manifest, config, same)
+    shards_lib.check_manifest(manifest, config, same)
 
     def with_(**overrides):
         return small_config(config.output_dir, config.data.train_files, tiny_model_dir,
@@ -225,19 +227,19 @@ def test_check_manifest_refuses_another_block_size_batching_or_tokenizer(prepare
                                "data.prepared_dir": config.data.prepared_dir, **overrides})
 
     with pytest.raises(UserError, match=r"--config.data.block_size=64 \(prepared with 32\).*trainer.prepare"):
-        prepare.check_manifest(manifest, with_(**{"data.block_size": 64}), same)
+        shards_lib.check_manifest(manifest, with_(**{"data.block_size": 64}), same)
     flipped = "padded" if config.data.batching == "packed" else "packed"
     with pytest.raises(UserError, match=f"--config.data.batching={flipped}"):
-        prepare.check_manifest(manifest, with_(**{"data.batching": flipped}), same)
+        shards_lib.check_manifest(manifest, with_(**{"data.batching": flipped}), same)
 
     # Same size, other merges: trained on other documents.
     other = other_tokenizer(tmp_path / "other", make_documents(240, seed=1))
     assert len(other) == len(same) and other.get_vocab() != same.get_vocab()
     with pytest.raises(UserError, match=r"tokenizer of --config.model.name_or_path=.*ids would not match"):
-        prepare.check_manifest(manifest, config, other)
+        shards_lib.check_manifest(manifest, config, other)
     same.add_tokens(["<|added|>"])  # one added token changes every id past the vocabulary
     with pytest.raises(UserError, match="the tokenizer of"):
-        prepare.check_manifest(manifest, config, same)
+        shards_lib.check_manifest(manifest, config, same)
 
 
 # ----------------------------------------------------------------------------- the command
@@ -283,8 +285,8 @@ def test_prepares_to_and_reads_from_gcs(gcs_server, prepared):
     remote = small_config(config.output_dir, config.data.train_files, config.model.name_or_path,
                           **{"data.batching": config.data.batching, "data.prepared_dir": folder})
     assert prepare.prepare_data(remote, log=quiet)["data_fingerprint"] == manifest["data_fingerprint"]
-    assert prepare.prepare_data(remote, log=quiet) == prepare.read_manifest(folder)  # already prepared
-    read = prepare.read_blocks(folder, prepare.read_manifest(folder), "train")
+    assert prepare.prepare_data(remote, log=quiet) == shards_lib.read_manifest(folder)  # already prepared
+    read = shards_lib.read_blocks(folder, shards_lib.read_manifest(folder), "train")
     assert np.array_equal(read.input_ids, prep.train_blocks.input_ids)
     assert not os.path.exists("gs:")  # nothing went around filesystem.py to the local disk
 
@@ -300,7 +302,7 @@ def test_shard_reading_per_worker_is_seeded_resumable_and_disjoint(prepared):
     from trainer import data
 
     config, manifest, _ = prepared
-    paths = prepare.shard_paths(config.data.prepared_dir, manifest, "train")
+    paths = shards_lib.shard_paths(config.data.prepared_dir, manifest, "train")
     shards = data.Shards(paths, manifest["splits"]["train"]["rows"], 32)
     one_file = data.Shards(paths[:1], manifest["splits"]["train"]["shards"][0]["rows"], 32)
     for source in (shards, one_file):

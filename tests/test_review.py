@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from trainer import review
+from trainer.evaluation import review_sheet as review
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCREENSHOT_COPY = "/tmp/review_screenshot.png"

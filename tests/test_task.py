@@ -11,7 +11,11 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, WORDS, quiet, small_config
-from trainer import diagnosis, evaluation, lr_range, task_metrics, train
+from trainer import diagnosis, evaluation
+from trainer.model import sampler
+from trainer.training import lr_range
+from trainer.evaluation import metrics as task_metrics
+from trainer.run import train
 from trainer import model as model_lib
 
 
@@ -112,8 +116,8 @@ def test_greedy_completions_batched_match_one_at_a_time_and_stop_at_eos(tiny_mod
     model, _ = model_lib.load_model(tiny_model_dir, log=quiet)
     tokenizer = model_lib.load_tokenizer(tiny_model_dir)
     prompts = ["Note 3. The owl", "river", "", "Note 12. Fox carries the lamp near the"]
-    together = evaluation.complete(model, tokenizer, prompts, max_new_tokens=8, max_prompt_tokens=24)
-    alone = [evaluation.complete(model, tokenizer, [p], max_new_tokens=8, max_prompt_tokens=24)[0] for p in prompts]
+    together = sampler.complete(model, tokenizer, prompts, max_new_tokens=8, max_prompt_tokens=24)
+    alone = [sampler.complete(model, tokenizer, [p], max_new_tokens=8, max_prompt_tokens=24)[0] for p in prompts]
     assert together == alone  # left padding changes nothing
     for prompt, text in zip(prompts, together):  # = transformers' greedy decoding, cut at EOS
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]
@@ -175,7 +179,7 @@ def test_diagnosis_is_quiet_when_loss_and_metric_agree():
 def test_auto_picks_a_rate_in_the_stable_region_at_a_bounded_cost(tmp_path, corpus_file, tiny_model_dir):
     import tensorflow as tf
 
-    from trainer import distribution
+    from trainer.training import distribution
 
     config = small_config(tmp_path / "out", corpus_file, tiny_model_dir, **{"optim.learning_rate": "auto"})
     prep = train.prepare(config, log=quiet)
@@ -217,7 +221,6 @@ def test_auto_in_a_run_is_recorded_and_not_redone_on_relaunch(tmp_path, corpus_f
 
 
 def test_the_doctor_checks_prompt_completion_data_and_not_as_free_text(tmp_path, task_files, tiny_model_dir):
-    from trainer import doctor
 
     _, validation_file = task_files
     sample = os.path.join(ROOT, "data", "task")  # the embedded task sample: clean, one template by design
@@ -225,7 +228,7 @@ def test_the_doctor_checks_prompt_completion_data_and_not_as_free_text(tmp_path,
                           **{**TASK, "data.validation_files": os.path.join(sample, "validation.jsonl"),
                              "data.block_size": 64})  # this 300-token BPE cuts the text fine
     prep = train.prepare(config, log=quiet)
-    findings, stats = doctor.run_checks(prep.config, prep, doctor.estimate_parameters(prep.model_config))
+    findings, stats = diagnosis.run_checks(prep.config, prep, diagnosis.estimate_parameters(prep.model_config))
     assert [(f.check, f.figure) for f in findings if f.severity != "info" and f.check != "settings"] == []
     assert "prompt_completion" in stats and "templates" not in {f.check for f in findings}
     # Seeded defects: a third of the prompts lose their separator and answer two ways, and
@@ -241,7 +244,7 @@ def test_the_doctor_checks_prompt_completion_data_and_not_as_free_text(tmp_path,
     bad.write_text("".join(json.dumps(r) + "\n" for r in records))
     config = small_config(tmp_path / "bad", str(bad), tiny_model_dir, **{**TASK, "data.validation_files": validation_file})
     prep = train.prepare(config, log=quiet)
-    findings, _ = doctor.run_checks(prep.config, prep, doctor.estimate_parameters(prep.model_config))
+    findings, _ = diagnosis.run_checks(prep.config, prep, diagnosis.estimate_parameters(prep.model_config))
     issues = {f.data.get("issue"): f.severity for f in findings if f.check == "prompt_completion"}
     assert issues["separator"] == "warning"
     assert issues["conflicting_completions"] == "warning"
@@ -251,7 +254,8 @@ def test_the_doctor_checks_prompt_completion_data_and_not_as_free_text(tmp_path,
 def test_a_run_from_before_the_new_config_keys_still_resumes(tmp_path, corpus_file, tiny_model_dir):
     """config.json of a run started before data.prompt_field (etc.) existed: those keys held
     their defaults then, so the same command still resumes it instead of being refused."""
-    from trainer import checkpoints, settings
+    from trainer.training import checkpoints
+    from trainer import settings
 
     config = small_config(tmp_path / "out", corpus_file, tiny_model_dir)
     requested = settings.resolve(config).to_dict()  # what a launch stores: the checked, resolved config

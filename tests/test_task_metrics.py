@@ -5,8 +5,8 @@ import socket
 
 import pytest
 
-from trainer import task_metrics
-from trainer.task_metrics import exact_match, normalize_answer, rouge_l, score, token_f1
+from trainer.evaluation import metrics as task_metrics
+from trainer.evaluation.metrics import exact_match, normalize_answer, rouge_l, score, token_f1
 
 
 def test_normalize_answer_drops_case_punctuation_symbols_and_extra_spaces():

@@ -14,20 +14,23 @@ import pytest
 
 from configs import default
 from tests.conftest import ROOT, small_config
-from trainer import distribution
+from trainer.training import distribution
 from trainer.errors import UserError
 
 TPU_SHAPED = textwrap.dedent("""
     import json, sys
     import trainer
     from configs import default
-    from trainer import checkpoints, data, distribution, model as model_lib, optimization, prepare, steps
+    from trainer.training import checkpoints, distribution, optimization, steps
+    from trainer import data, model as model_lib
+    from trainer.data import shards as shards_lib
+    from trainer.run import preparation as prepare
     model_dir, prepared_dir = sys.argv[1], sys.argv[2]
     runtime = default.get_config().runtime
     strategy = distribution.get_strategy(runtime, log=lambda m: None)
     import numpy as np, tensorflow as tf
-    manifest = prepare.read_manifest(prepared_dir)
-    shards = data.Shards(prepare.shard_paths(prepared_dir, manifest, "train"), manifest["splits"]["train"]["rows"], 32)
+    manifest = shards_lib.read_manifest(prepared_dir)
+    shards = data.Shards(shards_lib.shard_paths(prepared_dir, manifest, "train"), manifest["splits"]["train"]["rows"], 32)
     plan = optimization.TrainingPlan(1, 10, 20, 2, 3e-3, 1, 1, 1, {})
     results = {}
     for name, precision, xla in (("bfloat16", "mixed_bfloat16", False), ("float16", "mixed_float16", False),
@@ -61,7 +64,7 @@ TPU_SHAPED = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def shaped(tmp_path_factory, corpus_file, tiny_model_dir):
     """One process trains 3 x 4 steps from prepared shards in each precision (and with XLA)."""
-    from trainer import prepare
+    from trainer.run import preparation as prepare
 
     folder = tmp_path_factory.mktemp("tpu") / "prepared"
     config = small_config(tmp_path_factory.mktemp("tpu-out"), corpus_file, tiny_model_dir,

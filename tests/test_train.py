@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import quiet, run_cli, small_config
 from trainer import model as model_lib
-from trainer import train
+from trainer.run import train
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,8 @@ def test_export_holds_the_best_weights_not_the_last(tmp_path, corpus_file, tiny_
     # The exported model scores the best validation loss, not the last one.
     import tensorflow as tf
 
-    from trainer import data, evaluation, steps
+    from trainer import data, evaluation
+    from trainer.training import steps
 
     exported, _ = model_lib.load_model(report["export_dir"], log=quiet)
     tokenizer = model_lib.load_tokenizer(report["export_dir"])
@@ -149,7 +150,7 @@ def test_gradient_accumulation_gives_the_same_update(tiny_model_dir):
     import tensorflow as tf
 
     from configs import default
-    from trainer import optimization, steps
+    from trainer.training import optimization, steps
 
     rng = np.random.default_rng(0)
     batch = {"input_ids": tf.constant(rng.integers(1, 300, [8, 16]), tf.int32),
@@ -175,7 +176,7 @@ def test_gradient_accumulation_gives_the_same_update(tiny_model_dir):
 def test_loss_is_the_mean_over_supervised_tokens():
     import tensorflow as tf
 
-    from trainer.steps import token_sums
+    from trainer.training.steps import token_sums
 
     logits = tf.constant(np.log([[[0.4, 0.6], [0.9, 0.1], [0.2, 0.8]]]), tf.float32)
     labels = tf.constant([[0, 0, -100]])  # position 0 predicts label[1]=0 (p 0.4); label[2] is ignored
@@ -193,7 +194,7 @@ def test_the_compiled_sampler_matches_transformers_generate(tiny_model_dir):
     the mask) gives transformers' greedy tokens when top_p keeps only the best token."""
     import tensorflow as tf
 
-    from trainer import evaluation
+    from trainer.model import sampler
 
     model, _ = model_lib.load_model(tiny_model_dir, log=quiet)
     tokenizer = model_lib.load_tokenizer(tiny_model_dir)
@@ -202,13 +203,13 @@ def test_the_compiled_sampler_matches_transformers_generate(tiny_model_dir):
     assert int(tf.reduce_min(tf.reduce_sum(encoded["attention_mask"], 1))) < encoded["input_ids"].shape[1]
     reference = model.generate(**encoded, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id,
                                eos_token_id=None)[:, encoded["input_ids"].shape[1]:].numpy()
-    ours = evaluation._sampler(model)(tf.cast(encoded["input_ids"], tf.int32),
+    ours = sampler._sampler(model)(tf.cast(encoded["input_ids"], tf.int32),
                                       tf.cast(encoded["attention_mask"], tf.int32), tf.constant(6),
                                       tf.constant(0), tf.constant(1.0), tf.constant(1e-6),
                                       tf.constant(-1)).numpy()  # eos -1: never stops early
     np.testing.assert_array_equal(ours, reference)
-    samples = evaluation.sample_generations(model, tokenizer, ["river stone", ""], 5, seed=3)
-    assert samples == evaluation.sample_generations(model, tokenizer, ["river stone", ""], 5, seed=3)  # seeded
+    samples = sampler.sample_generations(model, tokenizer, ["river stone", ""], 5, seed=3)
+    assert samples == sampler.sample_generations(model, tokenizer, ["river stone", ""], 5, seed=3)  # seeded
     assert [s["tokens"] for s in samples] and all(1 <= s["tokens"] <= 5 for s in samples)
 
 
@@ -216,7 +217,7 @@ def test_a_call_of_several_steps_stops_at_the_first_non_finite_step(tiny_model_d
     import tensorflow as tf
 
     from configs import default
-    from trainer import optimization, steps
+    from trainer.training import optimization, steps
 
     rng = np.random.default_rng(0)
     ids = rng.integers(1, 300, [4, 16]).astype(np.int32)
@@ -252,7 +253,7 @@ def test_the_train_loop_has_no_loop_nested_in_it(tiny_model_dir):
     import tensorflow as tf
 
     from configs import default
-    from trainer import optimization, steps
+    from trainer.training import optimization, steps
 
     ids = np.ones([4, 16], np.int32)
     batch = {"input_ids": ids, "attention_mask": ids, "labels": ids}

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from tests.conftest import quiet, small_config
-from trainer import train, vertex
+from trainer.run import train
+from trainer import vertex
 
 
 def test_file_format_and_the_100_latest_entries(tmp_path):
@@ -47,7 +48,8 @@ def test_a_trial_reports_each_evaluation_then_the_best_loss(tmp_path, corpus_fil
 
 def test_vertex_output_locations_replace_a_local_output_dir(monkeypatch):
     from configs import default
-    from trainer import checkpoints, settings
+    from trainer.training import checkpoints
+    from trainer import settings
 
     config = default.get_config()
     config.data.train_files = "data/sample/corpus.jsonl"

@@ -31,7 +31,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from trainer import evaluation, model as model_lib
+    from trainer import model as model_lib  # after flag parsing: --help stays fast
 
     options = {"do_sample": FLAGS.do_sample, "num_beams": FLAGS.num_beams,
                "repetition_penalty": FLAGS.repetition_penalty,
@@ -42,7 +42,7 @@ def main(argv):
         model, _ = model_lib.load_model(FLAGS.model_dir, log=lambda msg: print(msg, file=sys.stderr))
         tokenizer = model_lib.load_tokenizer(FLAGS.model_dir)
         for prompt in FLAGS.prompt:
-            text = evaluation.generate(model, tokenizer, prompt, FLAGS.max_new_tokens, FLAGS.seed, **options)
+            text = model_lib.generate(model, tokenizer, prompt, FLAGS.max_new_tokens, FLAGS.seed, **options)
             print(f"{prompt}{text}")
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """Entry point: python -m trainer.task --config=configs/NAME.py [--config.key=value ...]
 
-Kept short on purpose: it parses flags and calls train.train_and_evaluate.
+Kept short on purpose: it parses flags and calls trainer.run.train.train_and_evaluate.
 """
 
 import os
@@ -8,37 +8,21 @@ import sys
 
 import trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-from trainer import settings
+from trainer import cli
 from trainer.errors import UserError
-
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file, e.g. configs/local.py; override fields with --config.section.key=value.",
-    lock_config=True)
-
-
-def parse_flags(argv):
-    """absl's parsing, with bad --config.* overrides reported as a user error (exit 2)."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:  # wrong type, malformed value
-        print(f"error: {e}", file=sys.stderr)
-    except (AttributeError, KeyError):  # a key the schema does not have
-        print(f"error: {settings.unknown_key_message(argv)}", file=sys.stderr)
-    sys.exit(2)
+from trainer.run import train
+from trainer.training import distribution
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
 
-    from trainer import distribution, train  # after flag parsing: --help stays fast
-
     logging.set_verbosity(logging.WARNING)  # TensorFlow's per-save INFO lines drown the progress bar
 
     try:
-        train.train_and_evaluate(_CONFIG.value)
+        train.train_and_evaluate(cli.CONFIG.value)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -64,4 +48,4 @@ def _exit_finished():
 
 if __name__ == "__main__":
     flags.mark_flag_as_required("config")
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -11,8 +11,8 @@ import math
 import time
 
 from trainer import data as data_lib
-from trainer import optimization
-from trainer import steps as steps_lib
+from trainer.training import optimization
+from trainer.training import steps as steps_lib
 from trainer.errors import UserError
 
 # Exponential moving average of the loss: beta 0.9 averages over ~10 steps, a
@@ -22,6 +22,7 @@ SMOOTHING = 0.9
 # Stop once the smoothed loss is 4x the best one seen: past that point the
 # curve only says "too high", and each further step costs time.
 DIVERGENCE_FACTOR = 4.0
+
 
 def sweep_learning_rate(step, min_lr: float, max_lr: float, num_steps: int):
     """Rate used by optimizer step `step` (0-based): min_lr at 0, max_lr at num_steps - 1.
@@ -203,5 +204,3 @@ def auto_learning_rate(model, strategy, blocks, plan, config, log=print) -> dict
 def finite_or_none(values):
     """JSON has no NaN or Infinity: a loss that blew up is written as null."""
     return [float(v) if math.isfinite(v) else None for v in values]
-
-

@@ -19,13 +19,13 @@ Guarantees under a kill at any instant (SIGKILL included):
 """
 
 import dataclasses
-import hashlib
 import json
 
-import numpy as np
 
-from trainer import filesystem, settings, vertex
+import trainer
+from trainer import faults, filesystem, settings, vertex
 from trainer.errors import UserError
+from trainer.training.optimization import TrainingPlan
 
 # Format of config.json: a run written by another format is not resumed.
 RUN_FORMAT = 2
@@ -42,20 +42,6 @@ RUN_FILES = {"config.json", "report.json", "report.md", "curves.png", "metrics.j
              "doctor.md", "logs", "checkpoints", "export", "export_pytorch", "lr_find",
              "review.html", "review.csv", "review_key.csv", "review_result.json",
              "model"}  # Vertex AI's AIP_MODEL_DIR
-
-
-def data_fingerprint(train_blocks, val_blocks) -> dict:
-    """Rows, tokens and a hash of the token ids the run trains and validates on.
-
-    Hashing the tokenized blocks, not the files, also catches a changed
-    tokenizer, block size or validation split (~1 s per 250M tokens)."""
-    digest = hashlib.sha256()
-    for blocks in (train_blocks, val_blocks):
-        for array in (blocks.input_ids, blocks.labels):
-            digest.update(np.ascontiguousarray(array).tobytes())
-    return {"train_rows": train_blocks.rows, "train_tokens": train_blocks.tokens,
-            "validation_rows": val_blocks.rows, "validation_tokens": val_blocks.tokens,
-            "sha256": digest.hexdigest()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,8 +136,6 @@ class OutputDir:
 
         With the config as given and the data unchanged (checked before), only
         max_steps can make this launch's plan differ from the stored one."""
-        from trainer.optimization import TrainingPlan
-
         stored = dict(self.stored["plan"])
         fresh = {k: v for k, v in vars(plan).items() if k != "derived"}
         changed = [k for k in fresh if k not in RESUMABLE_PLAN_FIELDS and fresh[k] != stored.get(k)]
@@ -168,10 +152,8 @@ class OutputDir:
                      lr_auto: dict | None = None) -> None:
         """lr_auto: optim.learning_rate=auto's range test (its pick is plan.learning_rate); written
         again once it ran, so a relaunch after it reuses the pick instead of sweeping again."""
-        from trainer import __version__
-
         filesystem.write_json(self.config_path, {
-            "tunewell": {"format": RUN_FORMAT, "version": __version__},
+            "tunewell": {"format": RUN_FORMAT, "version": trainer.__version__},
             "requested": requested, "config": resolved, "derived": plan.derived,
             "plan": {k: v for k, v in vars(plan).items() if k != "derived"},
             "data_fingerprint": fingerprint, "data": data_stats, "layout": dataclasses.asdict(layout),
@@ -264,8 +246,6 @@ class Checkpoints:
 
     def save(self, step: int) -> None:
         """The latest state at `step` (with the RunState naming its best), then the old best goes."""
-        from trainer import faults
-
         if not (self.manager.latest_checkpoint or "").endswith(f"-{step}"):
             faults.point("checkpoint_save", step)
             self.manager.save(checkpoint_number=step)
@@ -274,8 +254,6 @@ class Checkpoints:
 
     def save_best(self, step: int) -> None:
         """Best weights at `step`; the state naming them is saved by the next save()."""
-        from trainer import faults
-
         faults.point("best_save", step)
         self.best.write(filesystem.join(self.best_directory, f"ckpt-{step}"))
         faults.point("after_best_save", step)

@@ -33,7 +33,9 @@ import collections
 import functools
 import unicodedata
 
-METRICS = ("exact_match", "token_f1", "bleu", "rouge_l")
+from trainer import settings
+
+METRICS = settings.TASK_METRICS
 
 
 def normalize_answer(text: str) -> str:

@@ -28,9 +28,8 @@ import shutil
 import tempfile
 
 from trainer.errors import UserError
+from trainer.settings import STRATEGIES
 
-STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
-PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 # A collective that has waited this long means a peer is gone; MultiWorkerMirroredStrategy's
 # health check (a ping every 30 s, 3 tries of 10 s) usually notices sooner and aborts with
 # UnavailableError. 30 min covers the longest legitimate wait: the chief exporting a

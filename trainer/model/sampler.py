@@ -1,36 +1,9 @@
-"""Evaluation: validation loss, perplexity and token accuracy; sample generations; task
-metrics of prompt/completion data (greedy completions of held-out prompts, scored by
-trainer/task_metrics.py)."""
+"""Sampling: seeded generations with a compiled key/value-cache sampler, and batched
+greedy completions of prompts (the task metrics' and the review sheet's)."""
 
-import dataclasses
 import functools
-import math
 
 import numpy as np
-
-
-def evaluate(eval_step, distributed_dataset, should_stop=lambda: False) -> dict | None:
-    """Token-weighted metrics over the whole validation set; None when should_stop()
-    turns true on any worker (a preemption notice leaves no time to finish). The
-    flag travels with each batch's sums, so every worker abandons at the same batch."""
-    import tensorflow as tf
-
-    loss_sum = count = correct = 0.0
-    for batch in distributed_dataset:
-        out = eval_step(batch, tf.constant(1.0 if should_stop() else 0.0))
-        if float(out["stop"]) > 0:
-            return None
-        loss_sum += float(out["loss_sum"])
-        count += float(out["count"])
-        correct += float(out["correct"])
-    loss = loss_sum / max(count, 1.0)
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "accuracy": correct / max(count, 1.0),
-            "tokens": int(count)}
-
-
-def default_prompts(documents: list[str], n: int, words: int = 4) -> list[str]:
-    """The first few words of the first n validation documents."""
-    return [" ".join(d.split()[:words]) for d in documents[:n] if d.split()]
 
 
 def generate(model, tokenizer, prompt: str, max_new_tokens: int, seed: int = 0, **sampling) -> str:
@@ -174,56 +147,3 @@ def complete(model, tokenizer, prompts: list[str], max_new_tokens: int, max_prom
             completions.append(tokenizer.decode(tokens[: eos_at[0]] if len(eos_at) else tokens,
                                                 skip_special_tokens=True))
     return completions
-
-
-# A completion longer than this is cut when eval.task_max_new_tokens is unset: one
-# evaluation of 64 prompts then costs at most 2 chunks x 256 decoding steps.
-TASK_MAX_NEW_TOKENS = 256
-
-
-@dataclasses.dataclass
-class TaskEvaluation:
-    """The held-out prompts scored at each evaluation, and the length bounds of their completions."""
-    examples: list  # (prompt, reference completion) pairs; empty for free text or eval.task_examples=0
-    max_new_tokens: int = 0
-    max_prompt_tokens: int = 0
-
-    @classmethod
-    def of(cls, config, pairs, tokenizer, n_positions: int) -> "TaskEvaluation":
-        """Bounds fixed for the run: new tokens = eval.task_max_new_tokens, or the longest
-        reference completion + EOS (at most 256); the prompt keeps its last
-        min(block_size, n_positions) - new tokens (at least 1), as training cut it."""
-        examples = list(pairs[:config.eval.task_examples]) if pairs else []
-        if not examples:
-            return cls([])
-        new = config.eval.task_max_new_tokens
-        if new is None:
-            lengths = [len(ids) + 1 for ids in tokenizer([c for _, c in examples], add_special_tokens=False,
-                                                          verbose=False)["input_ids"]]
-            new = min(max(lengths), TASK_MAX_NEW_TOKENS)
-        window = min(config.data.block_size, n_positions)
-        new = max(1, min(new, window - 1))
-        return cls(examples, new, max(1, window - new))
-
-    @property
-    def references(self) -> list[str]:
-        return [c for _, c in self.examples]
-
-    def complete(self, model, tokenizer) -> list[str]:
-        return complete(model, tokenizer, [p for p, _ in self.examples], self.max_new_tokens,
-                        self.max_prompt_tokens)
-
-    def summary(self, validation_points: list[dict], best_step: int, select_by: str) -> dict:
-        """report.json's task_metrics: the base model's scores (step 0), the exported model's
-        (the best step) and the best each metric reached, with its step."""
-        from trainer.task_metrics import METRICS
-
-        def at(step):
-            point = next((p for p in validation_points if p["step"] == step), None)
-            return {k: point[f"task/{k}"] for k in METRICS if point and f"task/{k}" in point}
-
-        scored = [p for p in validation_points if f"task/{METRICS[0]}" in p]
-        best_each = {k: max(scored, key=lambda p: p[f"task/{k}"]) for k in METRICS} if scored else {}
-        return {"examples": len(self.examples), "max_new_tokens": self.max_new_tokens, "select_best_by": select_by,
-                "initial": at(0), "exported": at(best_step),
-                "best": {k: {"value": p[f"task/{k}"], "step": p["step"]} for k, p in best_each.items()}}

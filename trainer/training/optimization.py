@@ -9,6 +9,7 @@ import dataclasses
 import math
 
 from trainer.errors import UserError
+from trainer.settings import SCHEDULES
 
 # Learning-rate rule (used when optim.learning_rate is None). Fine-tuning GPT-2
 # small (width 768) with AdamW is stable and quick at about 1e-4 with warm-up and
@@ -42,8 +43,6 @@ EVALS_PER_RUN = 20
 # FLOPs), so an interval of k steps needs k >= val_tokens / (3 x 0.1 x tokens/step):
 # 400k validation tokens at 4,096 tokens/step -> every 326 steps or more.
 MAX_EVAL_SHARE = 0.1
-
-SCHEDULES = ("linear", "cosine", "inverse_sqrt", "constant")
 
 
 @dataclasses.dataclass

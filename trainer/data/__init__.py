@@ -1,0 +1,23 @@
+"""Data: read documents, split train/validation, tokenize, pack or pad, shards, tf.data.
+
+The path a corpus takes, one module a step:
+
+    files --read.read_documents--> documents (str)            read.py
+          --read.split_documents--> train / validation documents (before any packing)
+          --tokens.tokenize--> token ids per document, EOS appended    tokens.py
+          --blocks.pack_blocks | pad_blocks--> Blocks: [rows, block_size] int32    blocks.py
+          --shards.write_split--> TFRecord shards (trainer.prepare)    shards.py
+          --pipeline.train_dataset | eval_dataset--> tf.data, static shapes    pipeline.py
+
+This package imports only the foundation (settings, filesystem, errors): the
+model, training and the run use it, never the other way round. Its callers use
+the names below; the modules behind them are free to move.
+"""
+
+from trainer.data.blocks import (FIELDS, IGNORE_INDEX, Blocks, data_fingerprint, decode_documents, decode_pairs,
+                                 example_blocks, fit_example, make_blocks, pack_blocks, pad_blocks)
+from trainer.data.pipeline import (Shards, distributed_eval_data, distributed_train_data, epoch_order,
+                                   eval_dataset, filled_rows, train_dataset, train_order)
+from trainer.data.read import (BLANK_LINES, HORIZONTAL_SPACE, Documents, expand_files, load_documents,
+                               normalize_text, parse_normalize, read_documents, read_examples, split_documents)
+from trainer.data.tokens import tokenize, tokenize_examples, tokenizer_hash
