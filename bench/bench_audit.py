@@ -1,4 +1,4 @@
-"""Benchmark: trainer.audit.audit_corpus on 100,000 synthetic documents.
+"""Benchmark: trainer.diagnosis.audit.audit_corpus on 100,000 synthetic documents.
 
     .venv/bin/python bench/bench_audit.py [--docs 100000] [--breakdown]
 

@@ -8,7 +8,7 @@ Any field can be overridden on the command line:
 
 The config is locked: a misspelt key or a value of the wrong type stops the run
 at launch. Fields whose default is None are derived from the data and the model
-when the run starts (see trainer/optimization.py: plan_training); the resolved
+when the run starts (see trainer/training/optimization.py: plan_training); the resolved
 values are written to OUTPUT/config.json.
 """
 
@@ -48,7 +48,7 @@ def get_config():
     # models and sampling of the evaluation generations.
     config.seed = 42
 
-    # Doctor checks before training (trainer/doctor.py): "strict" stops before any
+    # Doctor checks before training (trainer/diagnosis/): "strict" stops before any
     # compute on an error-level finding, "warn" reports and trains, "off" skips.
     config.preflight = "warn"
 
@@ -209,7 +209,7 @@ def get_config():
     # "auto": a TPU when one is found (TPU_NAME or a TPU VM), MultiWorkerMirrored
     # when TF_CONFIG names several tasks, Mirrored with several GPUs (or several
     # logical CPUs), else "default" (one device). Or name one: "default",
-    # "one_device", "mirrored", "multi_worker", "tpu". See trainer/distribution.py.
+    # "one_device", "mirrored", "multi_worker", "tpu". See trainer/training/distribution.py.
     config.runtime.strategy = "auto"
     # Split the CPU into this many logical devices before TensorFlow starts, so a
     # MirroredStrategy has that many replicas without a GPU (for testing the

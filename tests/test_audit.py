@@ -1,4 +1,4 @@
-"""trainer.audit: each defect seeded into a clean hand-written corpus is found,
+"""trainer.diagnosis.audit: each defect seeded into a clean hand-written corpus is found,
 with its figure and severity, and the clean corpus itself raises nothing.
 
 No TensorFlow and nothing downloaded: the tokenizer is a word-level one trained

@@ -16,6 +16,7 @@ from tests.conftest import ROOT, cli_args, quiet, run_cli, small_config
 from tests.gcs_server import BUCKET
 from trainer import filesystem
 from trainer import model as model_lib
+from trainer.model import load as model_load
 
 OVERRIDES = {"train.max_steps": 20, "train.eval_every_steps": 10, "train.log_every_steps": 5,
              "preflight": "off"}
@@ -106,10 +107,10 @@ def test_a_gcs_folder_is_published_whole_and_a_cached_copy_follows_a_new_publish
 
     filesystem.publish_dir(url, version("one"))
     assert filesystem.is_complete(url)
-    first = model_lib._download_model_dir(url)
+    first = model_load._download_model_dir(url)
     assert open(os.path.join(first, "weights.txt")).read() == "one"
     filesystem.publish_dir(url, version("two"))  # same names and sizes, a new publish
-    assert open(os.path.join(model_lib._download_model_dir(url), "weights.txt")).read() == "two"
+    assert open(os.path.join(model_load._download_model_dir(url), "weights.txt")).read() == "two"
     filesystem.remove(f"{url}/{filesystem.COMPLETE_MARKER}")  # what a kill mid-publish leaves
     with pytest.raises(UserError, match="not a complete model folder"):
-        model_lib._download_model_dir(url)
+        model_load._download_model_dir(url)

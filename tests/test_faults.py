@@ -220,7 +220,6 @@ def test_stop_request_on_an_evaluation_step_saves_first(tmp_path, corpus_file, t
                                                         monkeypatch):
     """SIGTERM during the step before an evaluation: the state is saved without evaluating or
     generating; the evaluation runs first thing on resume, so the run ends the same."""
-    from trainer import evaluation
     from trainer.model import sampler
     from trainer.training import steps
 
@@ -238,7 +237,7 @@ def test_stop_request_on_an_evaluation_step_saves_first(tmp_path, corpus_file, t
         return run
 
     sample = sampler.sample_generations
-    monkeypatch.setattr(evaluation, "sample_generations",  # the evaluation's samples (1 prompt), not the review's
+    monkeypatch.setattr(model_lib, "sample_generations",  # the evaluation's samples (1 prompt), not the review's
                         lambda model, tokenizer, prompts, *a, **k: (len(prompts) == 1 and generations.append(1))
                         or sample(model, tokenizer, prompts, *a, **k))
     monkeypatch.setattr(steps, "make_train_loop", with_sigterm_at_step_20)

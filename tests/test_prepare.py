@@ -300,6 +300,7 @@ def test_shard_reading_per_worker_is_seeded_resumable_and_disjoint(prepared):
     workers read different rows; the same seed gives the same order; a reader resumed in
     the second epoch yields exactly the tail of an uninterrupted one."""
     from trainer import data
+    from trainer.data import pipeline
 
     config, manifest, _ = prepared
     paths = shards_lib.shard_paths(config.data.prepared_dir, manifest, "train")
@@ -310,7 +311,7 @@ def test_shard_reading_per_worker_is_seeded_resumable_and_disjoint(prepared):
         total = 2 * steps_per_epoch  # two epochs
 
         def read(worker, start=0, seed=3):
-            return _rows(data._shards_dataset(source, 4, 1, 2, worker, steps_per_epoch, total, start, seed))
+            return _rows(pipeline._shards_dataset(source, 4, 1, 2, worker, steps_per_epoch, total, start, seed))
         first, second = read(0), read(1)
         assert len(first) == len(second) == total * 4
         epoch = slice(0, steps_per_epoch * 4)

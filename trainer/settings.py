@@ -4,7 +4,7 @@ One rule per schema key (a test fails when a key has none), so a bad value
 ends with a message that names the flag and a valid value, exit status 2,
 and an untouched output directory -- never a ZeroDivisionError ten minutes in.
 Values that depend on the data (warm-up against the total steps, batch against
-the rows) are checked where the plan is made (trainer/optimization.py).
+the rows) are checked where the plan is made (trainer/training/optimization.py).
 """
 
 import math

@@ -165,7 +165,7 @@ def prepare_data(config, num_shards: int | None = None, log=reporting.say, overw
             return _already(folder, manifest, log)
 
     # ------------------------------------------------------------------ documents, tokens, rows
-    # train.prepare reads the corpus as the trainer does; with prepared_dir cleared,
+    # inputs.prepare reads the corpus as the trainer does; with prepared_dir cleared,
     # it tokenizes in memory rather than reading the folder we are about to write.
     started = time.perf_counter()
     in_memory = ml_collections.ConfigDict(config.to_dict())

@@ -105,7 +105,7 @@ def plan_training(config, train_rows: int, n_embd: int, val_tokens: int = 0) -> 
     if t.max_steps:
         total_steps = min(total_steps, t.max_steps)
     lr = o.learning_rate
-    if lr is None or lr == "auto":  # auto: the derived rate until the range test replaces it (trainer/lr_range.py)
+    if lr is None or lr == "auto":  # auto: the derived rate until the range test replaces it (trainer/training/lr_range.py)
         from_scratch = config.model.bootstrap_tiny
         lr = derived_learning_rate(n_embd, tokens_per_step, from_scratch)
         reference = REFERENCE_LR_FROM_SCRATCH if from_scratch else REFERENCE_LR
