@@ -72,9 +72,12 @@ def get_config():
     # (prompt positions get label -100). Both "" = free text from text_field.
     config.data.prompt_field = ""
     config.data.completion_field = ""
-    # Plain-text files: "" = one example per line; any other string (e.g. "\n\n")
-    # splits each whole file into examples at that separator.
-    config.data.text_separator = ""
+    # Plain-text files (.txt, .md): "blank_line" = documents separated by one or more
+    # blank lines, so hard-wrapped paragraphs stay whole; "line" = one document per line
+    # ("" is its old spelling: old configs and resumed runs keep their meaning); any
+    # other string (e.g. "<|endoftext|>") splits the files at that literal separator.
+    # Each document ends in EOS: one per line teaches wrapped prose to stop every line.
+    config.data.text_separator = "blank_line"
     # Text normalisation for messy corpora, applied as documents are read: "" = none,
     # or a comma-separated subset of control,nfkc,whitespace,lowercase (see
     # data.normalize_text). The doctor says when nfkc/whitespace/control would change

@@ -21,6 +21,7 @@ deleted home directory.
 
 import ctypes
 import glob
+import io
 import json
 import os
 import shutil
@@ -110,6 +111,43 @@ def read_bytes(path: str) -> bytes:
             return f.read()
     with open(path, "rb") as f:
         return f.read()
+
+
+def open_bytes(path: str):
+    """A file opened to stream its bytes (`with open_bytes(p) as f: f.read(n)`), seekable
+    (Parquet reads its footer first): a corpus file need not fit in memory."""
+    return io.BufferedReader(_RemoteReader(path)) if is_remote(path) else open(path, "rb")
+
+
+class _RemoteReader(io.RawIOBase):
+    """tf.io.gfile.GFile as a standard binary file: GFile has no `closed`, and pyarrow
+    takes a file without one for a closed file."""
+
+    def __init__(self, path: str):
+        self._file = _gfile().GFile(path, "rb")
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._file.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._file.seek(offset, whence)
+        return self._file.tell()
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def close(self) -> None:
+        if not self.closed:
+            self._file.close()
+        super().close()
 
 
 def write_file(path: str, write) -> None:

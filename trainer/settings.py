@@ -64,6 +64,13 @@ def _normalize_steps(v):
     return isinstance(v, str) and all(s.strip().lower() in NORMALIZATIONS for s in v.split(",") if s.strip())
 
 
+def _text_separator(v):
+    """blank_line, line, "" (the old spelling of line) or a literal separator. Not another
+    lowercase word: a misspelt mode ("blank_lines") would be a separator found inside words."""
+    return isinstance(v, str) and (v in ("blank_line", "line", "") or
+                                   not (v.isascii() and v.replace("_", "").isalpha() and v.islower()))
+
+
 def _prompts(v):
     return isinstance(v, (tuple, list)) and all(isinstance(p, str) for p in v)
 
@@ -80,7 +87,9 @@ RULES = {
     "data.text_field": (_text(), "the JSON field or column that holds the text, e.g. text"),
     "data.prompt_field": (lambda v: isinstance(v, str), 'the JSON field or column of the prompts, or ""'),
     "data.completion_field": (lambda v: isinstance(v, str), 'the JSON field or column of the completions, or ""'),
-    "data.text_separator": (lambda v: isinstance(v, str), "a string (empty: one example per line)"),
+    "data.text_separator": (_text_separator, 'blank_line (documents separated by blank lines), line (one '
+                            'document per line; "" says the same) or a literal separator such as "\\n\\n\\n" or '
+                            '"<|endoftext|>", not a lowercase word'),
     "data.normalize": (_normalize_steps, '"" or a comma-separated subset of control,nfkc,whitespace,lowercase'),
     "data.block_size": (_int(2), "at least 2 tokens, e.g. 512"),
     "data.batching": (_choice("auto", "packed", "padded"), "auto, packed or padded"),

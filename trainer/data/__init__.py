@@ -18,6 +18,7 @@ from trainer.data.blocks import (FIELDS, IGNORE_INDEX, Blocks, data_fingerprint,
                                  example_blocks, fit_example, make_blocks, pack_blocks, pad_blocks)
 from trainer.data.pipeline import (Shards, distributed_eval_data, distributed_train_data, epoch_order,
                                    eval_dataset, filled_rows, train_dataset, train_order)
-from trainer.data.read import (BLANK_LINES, HORIZONTAL_SPACE, Documents, expand_files, load_documents,
-                               normalize_text, parse_normalize, read_documents, read_examples, split_documents)
+from trainer.data.read import (BLANK_LINES, HORIZONTAL_SPACE, Documents, expand_files, iter_records,
+                               load_documents, normalize_text, parse_normalize, read_documents, read_examples,
+                               split_documents)
 from trainer.data.tokens import tokenize, tokenize_examples, tokenizer_hash

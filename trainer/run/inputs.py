@@ -46,7 +46,7 @@ def prepare(config, log=reporting.say) -> Prepared:
         return _prepare_from_shards(config, log)
 
     # ------------------------------------------------------------------ data
-    documents = data_lib.load_documents(config.data, config.seed)
+    documents = data_lib.load_documents(config.data, config.seed, log)
     log(f"Documents: {len(documents.train):,} training, {len(documents.validation):,} validation "
         f"({'held out from the training files' if documents.validation_source == 'split' else 'from files'}).")
 

@@ -30,6 +30,7 @@ class Corpus:
     seed: int
     normalized: tuple                # the data.normalize steps the documents went through
     prompt_completion: dict | None   # {"pairs", "prompt_tokens", "completion_tokens"} of such data
+    text_separator: str | None = None  # data.text_separator plain text was read with; None: not known
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +46,7 @@ class Check:
 @dataclasses.dataclass
 class Finding:
     check: str        # "duplicates", "diversity", "templates", "length", "leakage", "normalization",
-                      # "domain_fit", "size", "prompt_completion" (data["issue"] says which part)
+                      # "domain_fit", "size", "prompt_completion" (data["issue"] says which part), "wrapping"
     severity: str     # "error" | "warning" | "info"
     figure: str       # the measured figure in words
     why: str          # why it matters for fine-tuning a causal LM
