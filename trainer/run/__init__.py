@@ -7,6 +7,7 @@
     preparation.py  prepare_data: rows written as shards once (trainer.prepare)
     checkup.py      the doctor on its own (trainer.doctor)
     lr_find.py      the learning-rate range test (trainer.lr_find)
+    inspection.py   which rows each worker reads in an epoch (trainer.prepare --inspect)
 
 Only the entry points (trainer/task.py, prepare.py, doctor.py, lr_find.py)
 import this package; it imports every concern and the foundation.
