@@ -136,9 +136,11 @@ def _plan(config, documents, tokenizer, model_config, train_blocks, val_blocks, 
                                       val_tokens=val_blocks.rows * config.data.block_size)
     for field, why in plan.derived.items():
         log(f"Derived {field} = {why}.")
-    # e.g. 16 rows x 128 tokens = 2,048 tokens/step; 300 rows // 16 = 18 steps/epoch.
+    # e.g. 16 rows x 128 tokens = 2,048 tokens/step; 300 rows // 16 = 18 steps/epoch, 300 - 288 = 12 rows dropped.
     log(f"Plan: {plan.total_steps} steps ({plan.epochs} epoch(s) x {plan.steps_per_epoch} steps"
-        f"{', capped by train.max_steps' if plan.total_steps < plan.epochs * plan.steps_per_epoch else ''})"
+        f"{', capped by train.max_steps' if plan.total_steps < plan.epochs * plan.steps_per_epoch else ''}; "
+        f"each epoch drops {train_source.rows - plan.steps_per_epoch * config.train.batch_size:,} of the "
+        f"{train_source.rows:,} rows, fewer than one batch, different ones each time)"
         f" of {plan.tokens_per_step:,} tokens; peak lr {plan.learning_rate:.3g}, warm-up "
         f"{plan.warmup_steps} steps, evaluation every {plan.eval_every_steps} steps.")
     resolved = config.to_dict()
