@@ -8,7 +8,9 @@
   READ-ONLY (its own mount namespace), so any write it tried would fail the run;
 - a SIGTERM to one worker stops both at the same step with a checkpoint; a worker
   killed with SIGKILL (the non-chief, then the chief) ends the other with a clear message;
-  relaunching resumes and ends as the uninterrupted run did.
+  relaunching resumes and ends as the uninterrupted run did;
+- on prepared shards, two workers train on the global batches one device sees: the same
+  loss at every step, across an epoch boundary, from a resumed step.
 """
 
 import json
@@ -248,3 +250,60 @@ def test_two_workers_match_one_device_with_uneven_padding(tmp_path, tiny_model_d
         for key in ("loss_sum", "grad_norm", "tokens"):
             assert result[key] == pytest.approx(reference[key], rel=1e-5), key
         assert result["weights"] == pytest.approx(reference["weights"], rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- shards, two workers
+
+SHARD_STEPS = textwrap.dedent("""
+    import json, sys
+    import trainer
+    from configs import default
+    from trainer import data, model as model_lib
+    from trainer.training import distribution, optimization, steps
+    model_dir, folder, rows = sys.argv[1], sys.argv[2], int(sys.argv[4])
+    runtime = default.get_config().runtime
+    runtime.strategy = sys.argv[3]
+    strategy = distribution.get_strategy(runtime, log=lambda m: None)
+    import os, tensorflow as tf
+    paths = sorted(os.path.join(folder, n) for n in os.listdir(folder))
+    shards = data.Shards(paths, rows, 16)
+    per_epoch = rows // 8  # global batch 8
+    start, total = per_epoch - 2, per_epoch + 3  # resumed 2 steps before the first epoch ends
+    plan = optimization.TrainingPlan(per_epoch, 2, 2 * per_epoch, 1, 1e-2, 1, 1, 1, {})
+    with strategy.scope():
+        model, _ = model_lib.load_model(model_dir, log=lambda m: None)
+        optimizer = optimization.make_optimizer(plan, default.get_config().optim)
+    step = steps.make_train_step(model, optimizer, strategy, 1, 1.0)
+    batches = iter(data.distributed_train_data(strategy, shards, 8, per_epoch, total, start, seed=5))
+    losses = []
+    for _ in range(total - start):
+        out = step(next(batches))
+        losses.append(float(out["loss_sum"]) / float(out["count"]))
+    print("RESULT" + json.dumps({"losses": losses, "replicas": strategy.num_replicas_in_sync}))
+""")
+
+
+def test_two_workers_on_shards_train_on_the_global_batches_of_one_device(tmp_path, tiny_model_dir):
+    """100 rows in 16 shards: 12 steps an epoch of 8 rows; steps 10 .. 14, through the epoch's end."""
+    import numpy as np
+
+    from trainer.data import blocks, shards
+
+    ids = np.random.default_rng(0).integers(1, 300, [100, 16]).astype(np.int32)
+    shards.write_split(blocks.Blocks(ids, np.ones_like(ids), ids, documents=100, tokens=1600), str(tmp_path),
+                       "train", 16)
+    args = [sys.executable, "-c", SHARD_STEPS, tiny_model_dir, str(tmp_path)]
+    one = subprocess.run([*args, "one_device", "100"], cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
+    assert one.returncode == 0, one.stderr[-3000:]
+    ports = free_ports(2)
+    procs = [subprocess.Popen([*args, "multi_worker", "100"], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "TF_CONFIG": tf_config("workers", ports, i)}) for i in range(2)]
+    outputs = [p.communicate(timeout=TIMEOUT) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
+    reference = json.loads(one.stdout.split("RESULT", 1)[1])
+    assert len(reference["losses"]) == 5
+    for out, _ in outputs:
+        result = json.loads(out.split("RESULT", 1)[1])
+        assert result["replicas"] == 2
+        assert result["losses"] == pytest.approx(reference["losses"], rel=1e-5)
