@@ -176,8 +176,9 @@ def test_the_order_is_the_same_in_another_process_whatever_the_global_seed(tmp_p
         context(1, 0)).as_numpy_iterator()]
     assert here == other["before"][0] == other["after"][0]
     assert len({tuple(r) for batch in here[:10] for r in batch}) == 100  # one epoch: every row once
-    shuffled = [int(x) for x in tf.data.Dataset.range(50).shuffle(50, seed=3).as_numpy_iterator()]
-    assert shuffled == other["before"][1] != other["after"][1]
+    # Dataset.shuffle(seed=3) in the same process changes when the global seed does. (Not
+    # compared with this process: earlier tests in the suite set the global seed here.)
+    assert other["before"][1] != other["after"][1]
 
 
 # ----------------------------------------------------------------------------- trainer.prepare --inspect
