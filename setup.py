@@ -40,6 +40,9 @@ setup(
         "matplotlib>=3.8",
         "sacrebleu>=2.4",
         "rouge-score>=0.1.2",
+        # trainer.prepare is a Beam pipeline (DirectRunner here, Dataflow on Google Cloud);
+        # [gcp] brings Dataflow's runner and gs:// IO. 2.77 resolves beside TF 2.21 (protobuf 6.33).
+        "apache-beam[gcp]>=2.77,<2.78",
     ],
     extras_require={
         # Vertex AI launcher (deploy/vertex.py): its specs are checked against this library's v1 protos.

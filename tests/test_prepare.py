@@ -33,22 +33,29 @@ def prepared(request, tmp_path_factory, corpus_file, tiny_model_dir):
 # ----------------------------------------------------------------------------- the shards
 
 
-def test_shards_read_back_as_the_in_memory_blocks(prepared):
+def rows_of(blocks) -> list[bytes]:
+    """Each row's three arrays as bytes, sorted: the rows as a multiset."""
+    return sorted(b"".join(getattr(blocks, name)[row].tobytes() for name in FEATURES) for row in range(blocks.rows))
+
+
+def test_shards_hold_the_in_memory_rows(prepared):
     config, manifest, prep = prepared
     folder = config.data.prepared_dir
     assert shards_lib.read_manifest(folder) == manifest  # what was returned is what is on disk
     for split, blocks in (("train", prep.train_blocks), ("validation", prep.val_blocks)):
         read = shards_lib.read_blocks(folder, manifest, split)
-        for name in FEATURES:
-            array = getattr(read, name)
-            assert array.dtype == np.int32
-            assert np.array_equal(array, getattr(blocks, name)), (split, name)
+        assert all(getattr(read, name).dtype == np.int32 for name in FEATURES)
+        # The Beam pipeline and the in-process path make the same rows (data/keys.py); the
+        # shards hold them in the order of their row keys, the run in memory by group.
+        assert rows_of(read) == rows_of(blocks), split
         assert read.stats() == blocks.stats() == manifest["splits"][split]["stats"]
         shards = manifest["splits"][split]["shards"]
         assert sum(s["rows"] for s in shards) == manifest["splits"][split]["rows"] == blocks.rows
         assert manifest["splits"][split]["bytes"] == sum(
             os.path.getsize(path) for path in shards_lib.shard_paths(folder, manifest, split))
-    assert manifest["data_fingerprint"] == data_blocks.data_fingerprint(prep.train_blocks, prep.val_blocks)
+    expected = data_blocks.data_fingerprint(prep.train_blocks, prep.val_blocks)
+    assert {k: v for k, v in manifest["data_fingerprint"].items() if k != "sha256"} == {
+        k: v for k, v in expected.items() if k != "sha256"}
     assert (manifest["block_size"], manifest["batching"]) == (32, config.data.batching)
     lengths = prep.train_blocks.document_lengths
     assert manifest["document_lengths_train"] == {
@@ -62,7 +69,7 @@ def test_read_blocks_reads_a_sample_and_refuses_a_damaged_shard(prepared, tmp_pa
 
     config, manifest, prep = prepared
     sample = shards_lib.read_blocks(config.data.prepared_dir, manifest, "train", max_rows=25)  # 2 shards' worth
-    assert np.array_equal(sample.input_ids, prep.train_blocks.input_ids[:25])
+    assert sample.rows == 25 and set(rows_of(sample)) <= set(rows_of(prep.train_blocks))
     damaged = shutil.copytree(config.data.prepared_dir, tmp_path / "damaged")
     shard = damaged / manifest["splits"]["train"]["shards"][3]["file"]
     shard.write_bytes(shard.read_bytes()[:-100])  # a copy cut short
@@ -70,13 +77,15 @@ def test_read_blocks_reads_a_sample_and_refuses_a_damaged_shard(prepared, tmp_pa
         shards_lib.read_blocks(str(damaged), manifest, "train")
 
 
-def test_rows_are_dealt_into_contiguous_shards_in_order(prepared):
+def test_rows_are_dealt_into_shards_of_equal_row_counts(prepared):
     config, manifest, prep = prepared
     shards = manifest["splits"]["train"]["shards"]
     rows = prep.train_blocks.rows
     assert len(shards) == min(shards_lib.MIN_TRAIN_SHARDS, rows)  # a tiny corpus: 16 shards of ~20 rows
     assert [s["file"] for s in shards] == [f"train-{i:05d}-of-00016.tfrecord" for i in range(16)]
-    assert [s["rows"] for s in shards] == [(i + 1) * rows // 16 - i * rows // 16 for i in range(16)]
+    # Row number r goes to shard r % 16: equal row counts (floor or ceil of rows / 16).
+    counts = [s["rows"] for s in shards]
+    assert sum(counts) == rows and max(counts) - min(counts) <= 1
     assert len(manifest["splits"]["validation"]["shards"]) == 1
 
 
@@ -90,7 +99,8 @@ def test_parse_example_gives_static_shapes_for_tf_data(prepared):
         assert dataset.element_spec[name].shape.as_list() == [32]
         assert dataset.element_spec[name].dtype == tf.int32
     first = next(iter(dataset.batch(4)))
-    np.testing.assert_array_equal(first["labels"].numpy(), prep.train_blocks.labels[:4])
+    np.testing.assert_array_equal(first["labels"].numpy(),
+                                  shards_lib.read_blocks(config.data.prepared_dir, manifest, "train", 4).labels)
 
 
 def test_shard_count_rule():
@@ -107,8 +117,8 @@ def test_shards_flag_sets_the_training_shards_and_must_leave_each_a_row(tmp_path
                           **{"data.prepared_dir": str(tmp_path / "three")})
     manifest = prepare.prepare_data(config, num_shards=3, log=quiet)
     rows = manifest["splits"]["train"]["rows"]
-    assert [s["rows"] for s in manifest["splits"]["train"]["shards"]] == [rows // 3, 2 * rows // 3 - rows // 3,
-                                                                          rows - 2 * rows // 3]
+    shards = manifest["splits"]["train"]["shards"]
+    assert len(shards) == 3 and sum(s["rows"] for s in shards) == rows
     with pytest.raises(UserError, match=r"--shards=4 \(prepared with 3\)"):
         prepare.prepare_data(config, num_shards=4, log=quiet)  # another layout of a complete folder
     config = small_config(tmp_path / "run", corpus_file, tiny_model_dir,
@@ -287,7 +297,7 @@ def test_prepares_to_and_reads_from_gcs(gcs_server, prepared):
     assert prepare.prepare_data(remote, log=quiet)["data_fingerprint"] == manifest["data_fingerprint"]
     assert prepare.prepare_data(remote, log=quiet) == shards_lib.read_manifest(folder)  # already prepared
     read = shards_lib.read_blocks(folder, shards_lib.read_manifest(folder), "train")
-    assert np.array_equal(read.input_ids, prep.train_blocks.input_ids)
+    assert rows_of(read) == rows_of(prep.train_blocks)
     assert not os.path.exists("gs:")  # nothing went around filesystem.py to the local disk
 
 

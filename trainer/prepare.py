@@ -1,11 +1,15 @@
 """Entry point: prepare data once.
 
     python -m trainer.prepare --config=configs/NAME.py [--config.key=value ...]
-        --config.data.prepared_dir=FOLDER [--shards=N] [--overwrite]
+        --config.data.prepared_dir=FOLDER [--shards=N] [--overwrite] [--direct_num_workers=N]
+    python -m trainer.prepare ... --runner=DataflowRunner --project=P --region=R
+        --temp_location=gs://BUCKET/tmp --sdk_container_image=IMAGE [--max_num_workers=N]
 
 Tokenizes and packs the corpus as the trainer would and writes TFRecord shards
-plus a manifest (trainer/run/preparation.py does the work; the format is in
-trainer/data/shards.py), then prints the trainer command that reads them.
+plus a manifest, with an Apache Beam pipeline: on this machine's cores (the
+DirectRunner) or on Dataflow (trainer/run/preparation.py and beam_prepare.py do
+the work; the format is in trainer/data/shards.py), then prints the trainer
+command that reads them.
 
     python -m trainer.prepare --inspect=FOLDER --workers=N [--epoch=E] [--json] [--config=... flags]
 
@@ -13,6 +17,7 @@ Counts which training rows of a prepared folder each of N workers would read in
 one epoch, through the trainer's own input pipeline (trainer/run/inspection.py).
 """
 
+import os
 import shlex
 import sys
 
@@ -28,6 +33,19 @@ from trainer.run import inspection, preparation
 flags.DEFINE_integer("shards", None, "Training shards; default: ~64 MB each and at least min(16, rows). "
                      "Validation shards are always derived.")
 flags.DEFINE_bool("overwrite", False, "Replace a folder prepared with other settings.")
+flags.DEFINE_enum("runner", "DirectRunner", ["DirectRunner", "DataflowRunner"],
+                  "Beam runner: DirectRunner on this machine, DataflowRunner on Google Cloud (needs --project, "
+                  "--region, --temp_location, --sdk_container_image and gs:// data, tokenizer and folder).")
+flags.DEFINE_integer("direct_num_workers", 0, "DirectRunner processes; 0 = one per core of this machine, "
+                     "1 = in this process.")
+flags.DEFINE_string("project", None, "DataflowRunner: Google Cloud project.")
+flags.DEFINE_string("region", None, "DataflowRunner: region of the job, e.g. us-central1 (near the bucket).")
+flags.DEFINE_string("temp_location", None, "DataflowRunner: gs:// folder for Dataflow's staging and temp files.")
+flags.DEFINE_string("sdk_container_image", None, "DataflowRunner: the project's image (deploy/Dockerfile, "
+                    "make docker-build docker-push), so workers run this package with its pinned versions.")
+flags.DEFINE_integer("max_num_workers", None, "DataflowRunner: the most workers autoscaling may start.")
+flags.DEFINE_multi_string("beam_option", [], "Any other Beam pipeline option, repeated, e.g. "
+                          "--beam_option=--machine_type=n2-standard-8.")
 flags.DEFINE_string(
     "inspect", None, "Instead of preparing: count, through the trainer's own input pipeline, how often each "
     "training row of this prepared folder is read in one epoch by a job of --workers workers, and print rows, "
@@ -68,7 +86,16 @@ def main(argv):
         if flags.FLAGS.inspect:
             sys.exit(inspection.inspect(flags.FLAGS.inspect, flags.FLAGS.workers, flags.FLAGS.epoch, config,
                                         flags.FLAGS.json))
-        preparation.prepare_data(config, flags.FLAGS.shards, log=reporting.say, overwrite=flags.FLAGS.overwrite)
+        runner = flags.FLAGS.runner
+        options = preparation.runner_options(
+            config, runner, project=flags.FLAGS.project, region=flags.FLAGS.region,
+            temp_location=flags.FLAGS.temp_location, sdk_container_image=flags.FLAGS.sdk_container_image,
+            max_num_workers=flags.FLAGS.max_num_workers, extra=flags.FLAGS.beam_option)
+        if flags.FLAGS.direct_num_workers < 0:
+            raise UserError(f"--direct_num_workers={flags.FLAGS.direct_num_workers}: give 0 (one per core) or more.")
+        workers = flags.FLAGS.direct_num_workers or os.cpu_count() or 1
+        preparation.prepare_data(config, flags.FLAGS.shards, log=reporting.say, overwrite=flags.FLAGS.overwrite,
+                                 runner=runner, direct_num_workers=workers, pipeline_options=options)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

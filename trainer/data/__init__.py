@@ -14,11 +14,13 @@ model, training and the run use it, never the other way round. Its callers use
 the names below; the modules behind them are free to move.
 """
 
-from trainer.data.blocks import (FIELDS, IGNORE_INDEX, Blocks, data_fingerprint, decode_documents, decode_pairs,
-                                 example_blocks, fit_example, make_blocks, pack_blocks, pad_blocks)
+from trainer.data.blocks import (FIELDS, IGNORE_INDEX, Blocks, concat_blocks, data_fingerprint, decode_documents,
+                                 decode_pairs, example_blocks, fit_example, group_rows, make_blocks, pack_blocks,
+                                 pad_blocks)
 from trainer.data.pipeline import (Shards, distributed_eval_data, distributed_train_data, epoch_order,
                                    eval_dataset, filled_rows, train_dataset, train_order)
 from trainer.data.read import (BLANK_LINES, HORIZONTAL_SPACE, Documents, expand_files, iter_records,
-                               load_documents, normalize_text, parse_normalize, read_documents, read_examples,
+                               file_documents, file_examples, load_documents, normalize_text, parse_normalize,
+                               read_documents, read_examples,
                                split_documents)
-from trainer.data.tokens import tokenize, tokenize_examples, tokenizer_hash
+from trainer.data.tokens import encode_batch, encode_examples, tokenize, tokenize_examples, tokenizer_hash

@@ -10,7 +10,7 @@ import hashlib
 import numpy as np
 
 from trainer import settings
-from trainer.data import tokens
+from trainer.data import keys, tokens
 
 
 IGNORE_INDEX = -100  # label value that the loss skips (transformers' convention)
@@ -165,18 +165,67 @@ def example_blocks(prompts: list[np.ndarray], completions: list[np.ndarray], blo
                   truncated_completions=truncated_completions)
 
 
-def make_blocks(documents, tokenizer, data_config, desc, keep_tail=False):
+def group_rows(items: list, block_size: int, batching: str, pad_token_id: int, keep_tail: bool = False) -> Blocks:
+    """The rows of one packing group (trainer/data/keys.py), its documents in key order.
+
+    items: token ids per document (EOS appended), or (prompt ids, completion ids)
+    pairs. The one function that makes rows: the in-process path calls it per group
+    (make_blocks), the Beam pipeline per group on its workers."""
+    if items and isinstance(items[0], tuple):
+        return example_blocks([p for p, _ in items], [c for _, c in items], block_size, pad_token_id,
+                              packed=batching == "packed")
+    if batching == "packed":
+        return pack_blocks(items, block_size, pad_token_id, keep_tail)
+    return pad_blocks(items, block_size, pad_token_id)
+
+
+def concat_blocks(parts: list[Blocks], block_size: int) -> Blocks:
+    """Groups' rows one after another, their counts summed."""
+    def joined(name, dtype=np.int32, width=(block_size,)):
+        arrays = [getattr(b, name) for b in parts if getattr(b, name) is not None]
+        return np.concatenate(arrays) if arrays else np.zeros([0, *width], dtype)
+
+    total = {f: sum(getattr(b, f) for b in parts) for f in
+             ("documents", "tokens", "dropped_tokens", "truncated_documents", "truncated_tokens",
+              "truncated_completions")}
+    pairs = any(b.prompt_lengths is not None for b in parts)
+    return Blocks(joined("input_ids"), joined("attention_mask"), joined("labels"),
+                  document_lengths=joined("document_lengths", np.int64, ()),
+                  prompt_lengths=joined("prompt_lengths", np.int64, ()) if pairs else None, **total)
+
+
+def make_blocks(documents, tokenizer, data_config, desc, keep_tail=False, seed: int = 0):
     """documents: texts, or (prompt, completion) pairs when data_config names both fields.
-    keep_tail: score every token (validation) rather than only full blocks (training)."""
-    if settings.is_prompt_completion(data_config):
+    keep_tail: score every token (validation) rather than only full blocks (training).
+
+    Documents are packed within groups of about keys.GROUP_TOKENS tokens, in the
+    order of their keys (keys.py), exactly as the Beam pipeline of trainer.prepare
+    packs them: the same rows, in memory. keep_tail (validation, which is capped at
+    validation_max_examples documents) packs in one group."""
+    pairs = settings.is_prompt_completion(data_config)
+    if pairs:
         prompts, completions = tokens.tokenize_examples(documents, tokenizer, data_config.num_proc, desc,
-                                                 data_config.cache_dir)
-        return example_blocks(prompts, completions, data_config.block_size, tokenizer.pad_token_id,
-                              packed=settings.batching_of(data_config) == "packed")
-    token_ids = tokens.tokenize(documents, tokenizer, data_config.num_proc, desc, data_config.cache_dir)
-    if settings.batching_of(data_config) == "packed":
-        return pack_blocks(token_ids, data_config.block_size, tokenizer.pad_token_id, keep_tail)
-    return pad_blocks(token_ids, data_config.block_size, tokenizer.pad_token_id)
+                                                        data_config.cache_dir)
+        items = list(zip(prompts, completions))
+        total = sum(len(p) + len(c) for p, c in items)
+    else:
+        items = tokens.tokenize(documents, tokenizer, data_config.num_proc, desc, data_config.cache_dir)
+        total = sum(len(t) for t in items)
+    groups = 1 if keep_tail else keys.group_count(total)
+    placed = sorted((keys.group_of(k, groups), k, i) for i, k in
+                    enumerate(keys.document_key(d, seed) for d in documents))
+    parts, start = [], 0
+    batching = settings.batching_of(data_config)
+    while start < len(placed):
+        stop = start
+        while stop < len(placed) and placed[stop][0] == placed[start][0]:
+            stop += 1
+        parts.append(group_rows([items[i] for _, _, i in placed[start:stop]], data_config.block_size, batching,
+                                tokenizer.pad_token_id, keep_tail))
+        start = stop
+    if not parts:
+        parts = [group_rows([], data_config.block_size, batching, tokenizer.pad_token_id, keep_tail)]
+    return concat_blocks(parts, data_config.block_size)
 
 
 def decode_pairs(blocks: Blocks, tokenizer, max_examples: int = 2000) -> list[tuple[str, str]]:

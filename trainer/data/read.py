@@ -13,6 +13,7 @@ from typing import Iterator
 import numpy as np
 
 from trainer import filesystem, settings
+from trainer.data import keys
 from trainer.errors import UserError
 
 
@@ -323,48 +324,57 @@ def normalize_text(text: str, steps) -> str:
     return text
 
 
+def file_documents(path: str, text_field: str, text_separator: str, normalize=(), log=None) -> Iterator[str]:
+    """The non-blank documents of one file, streamed, normalised by the `normalize`
+    steps (parse_normalize) when given, then stripped. Raises when the file has none."""
+    found = False
+    for _, (text,) in iter_records(path, {"text": text_field}, text_separator, log):
+        text = (normalize_text(text, normalize) if normalize else text).strip()
+        if text:
+            found = True
+            yield text
+    if not found:
+        raise UserError(f"{path} holds no non-blank text in field '{text_field}'.")
+
+
 def read_documents(spec: str, flag: str, text_field: str, text_separator: str, normalize=(),
                    log=None) -> list[str]:
-    """All non-blank documents of the files in `spec`, in file order, normalised by the
-    `normalize` steps (parse_normalize) when given, then stripped."""
-    documents = []
-    for path in expand_files(spec, flag):
-        before = len(documents)
-        for _, (text,) in iter_records(path, {"text": text_field}, text_separator, log):
-            text = (normalize_text(text, normalize) if normalize else text).strip()
-            if text:
-                documents.append(text)
-        if len(documents) == before:
-            raise UserError(f"{path} holds no non-blank text in field '{text_field}'.")
-    return documents
+    """All non-blank documents of the files in `spec`, in file order (file_documents)."""
+    return [text for path in expand_files(spec, flag)
+            for text in file_documents(path, text_field, text_separator, normalize, log)]
 
 
-def read_examples(spec: str, flag: str, prompt_field: str, completion_field: str,
-                  normalize=(), log=None) -> list[tuple[str, str]]:
-    """(prompt, completion) records of JSONL/JSON/CSV/Parquet files, in file order.
+def file_examples(path: str, prompt_field: str, completion_field: str, normalize=(),
+                  log=None) -> Iterator[tuple[str, str]]:
+    """(prompt, completion) records of one JSONL/JSON/CSV/Parquet file, streamed.
 
     Not stripped: a prompt's trailing separator ("Answer:", "\n\n###\n\n") and a
     completion's leading space are what the model is trained and prompted with. A
     record whose prompt and completion are both blank is skipped; an empty
     completion is kept (the doctor counts them)."""
-    examples = []
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in JSON_EXTENSIONS + TABLE_EXTENSIONS:
+        raise UserError(f"{path}: prompt/completion data (--config.data.prompt_field and "
+                        "--config.data.completion_field) must be .jsonl/.json, .csv or .parquet records; "
+                        f"'{ext or 'no extension'}' holds free text. Unset both fields to train on it as "
+                        "free text.")
+    found = False
     fields = {"prompt": prompt_field, "completion": completion_field}
-    for path in expand_files(spec, flag):
-        ext = os.path.splitext(path)[1].lower()
-        if ext not in JSON_EXTENSIONS + TABLE_EXTENSIONS:
-            raise UserError(f"{path}: prompt/completion data (--config.data.prompt_field and "
-                            "--config.data.completion_field) must be .jsonl/.json, .csv or .parquet records; "
-                            f"'{ext or 'no extension'}' holds free text. Unset both fields to train on it as "
-                            "free text.")
-        before = len(examples)
-        for _, (prompt, completion) in iter_records(path, fields, "", log):
-            if normalize:
-                prompt, completion = normalize_text(prompt, normalize), normalize_text(completion, normalize)
-            if prompt.strip() or completion.strip():
-                examples.append((prompt, completion))
-        if len(examples) == before:
-            raise UserError(f"{path} holds no record with a non-blank '{prompt_field}' or '{completion_field}'.")
-    return examples
+    for _, (prompt, completion) in iter_records(path, fields, "", log):
+        if normalize:
+            prompt, completion = normalize_text(prompt, normalize), normalize_text(completion, normalize)
+        if prompt.strip() or completion.strip():
+            found = True
+            yield prompt, completion
+    if not found:
+        raise UserError(f"{path} holds no record with a non-blank '{prompt_field}' or '{completion_field}'.")
+
+
+def read_examples(spec: str, flag: str, prompt_field: str, completion_field: str,
+                  normalize=(), log=None) -> list[tuple[str, str]]:
+    """(prompt, completion) records of the files in `spec`, in file order (file_examples)."""
+    return [pair for path in expand_files(spec, flag)
+            for pair in file_examples(path, prompt_field, completion_field, normalize, log)]
 
 
 # ----------------------------------------------------------------------------- splitting
@@ -382,24 +392,9 @@ class Documents:
     validation_pairs: list[tuple[str, str]] | None = None
 
 
-def split_documents(documents: list[str], fraction: float, max_examples: int, seed: int):
-    """Hold out whole documents for validation, BEFORE packing.
-
-    Splitting packed blocks instead would put the two halves of a document on
-    both sides, and validation would measure memorisation of its neighbour.
-    """
-    if len(documents) < 2:
-        raise UserError(
-            f"The training data has {len(documents)} document(s); at least 2 are needed to hold one out "
-            "for validation. Add data or pass --config.data.validation_files.")
-    if not 0 < fraction < 1:
-        raise UserError(f"--config.data.validation_fraction={fraction} must be between 0 and 1.")
-    n_val = int(min(max(1, round(fraction * len(documents))), max_examples, len(documents) - 1))
-    order = np.random.default_rng(seed).permutation(len(documents))
-    val_ids = set(order[:n_val].tolist())
-    train = [d for i, d in enumerate(documents) if i not in val_ids]
-    validation = [d for i, d in enumerate(documents) if i in val_ids]
-    return train, validation
+def split_documents(documents: list, fraction: float, max_examples: int, seed: int):
+    """Whole documents held out for validation before packing, by their keys (data/keys.py)."""
+    return keys.split_documents(documents, fraction, max_examples, seed)
 
 
 def load_documents(data_config, seed: int, log=None) -> Documents:

@@ -171,15 +171,21 @@ def read_blocks(prepared_dir: str, manifest: dict, split: str, max_rows: int | N
                            truncated_tokens=stats["truncated_tokens"])
 
 
-def _serialize(blocks: Blocks, row: int) -> bytes:
+def serialize_row(input_ids, attention_mask, labels) -> bytes:
+    """One row as a serialized tf.train.Example (the format above); every writer calls this."""
     import tensorflow as tf
 
-    def feature(array):
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[array[row].astype("<i4").tobytes()]))
+    def feature(values):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[np.asarray(values).astype("<i4").tobytes()]))
 
     return tf.train.Example(features=tf.train.Features(feature={
-        "input_ids": feature(blocks.input_ids), "attention_mask": feature(blocks.attention_mask),
-        "labels": feature(blocks.labels)})).SerializeToString()
+        "input_ids": feature(input_ids), "attention_mask": feature(attention_mask),
+        "labels": feature(labels)})).SerializeToString(deterministic=True)  # map order fixed: same bytes in
+    # every process (the fingerprint hashes the records)
+
+
+def _serialize(blocks: Blocks, row: int) -> bytes:
+    return serialize_row(blocks.input_ids[row], blocks.attention_mask[row], blocks.labels[row])
 
 
 def row_bytes(blocks: Blocks) -> int:

@@ -27,11 +27,8 @@ def tokenize(documents: list[str], tokenizer, num_proc: int = 1, desc: str = "To
         return cached
     import datasets
 
-    eos = tokenizer.eos_token_id
-
     def encode(batch):
-        ids = tokenizer(batch["text"], add_special_tokens=False, verbose=False)["input_ids"]
-        return {"input_ids": [x + [eos] for x in ids] if append_eos else ids}
+        return {"input_ids": encode_batch(batch["text"], tokenizer, append_eos)}
 
     dataset = datasets.Dataset.from_dict({"text": documents})
     dataset = dataset.map(encode, batched=True, remove_columns=["text"], desc=desc,
@@ -40,6 +37,22 @@ def tokenize(documents: list[str], tokenizer, num_proc: int = 1, desc: str = "To
     if path:
         _write_token_cache(path, token_ids)
     return token_ids
+
+
+def encode_batch(texts: list[str], tokenizer, append_eos: bool = True) -> list[list[int]]:
+    """Token ids of each text, EOS appended unless append_eos=False: the one encoding both the
+    in-process path (tokenize) and the Beam pipeline's workers call."""
+    ids = tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
+    return [x + [tokenizer.eos_token_id] for x in ids] if append_eos else ids
+
+
+def encode_examples(pairs, tokenizer) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(prompt ids, completion ids + EOS) of each pair, tokenized apart as they meet at
+    inference; an empty prompt becomes EOS (see tokenize_examples)."""
+    prompts = encode_batch([p for p, _ in pairs], tokenizer, append_eos=False)
+    completions = encode_batch([c for _, c in pairs], tokenizer)
+    eos = [tokenizer.eos_token_id]
+    return [(np.asarray(p or eos, np.int32), np.asarray(c, np.int32)) for p, c in zip(prompts, completions)]
 
 
 def _token_cache_path(documents: list[str], tokenizer, cache_dir: str, append_eos: bool = True) -> str:

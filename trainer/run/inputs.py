@@ -51,21 +51,22 @@ def prepare(config, log=reporting.say) -> Prepared:
         f"({'held out from the training files' if documents.validation_source == 'split' else 'from files'}).")
 
     # ------------------------------------------------------------------ model files and tokenizer
-    tokenizer, model_config = _tokenizer_and_model_config(config, documents.train, log)
+    tokenizer, model_config = tokenizer_and_model_config(config, documents.train, log)
 
     # ------------------------------------------------------------------ tokens and plan
     pairs = settings.is_prompt_completion(config.data)
     train_blocks = data_lib.make_blocks(documents.train_pairs if pairs else documents.train, tokenizer,
-                                        config.data, "Tokenizing training")
+                                        config.data, "Tokenizing training", seed=config.seed)
     val_blocks = data_lib.make_blocks(documents.validation_pairs if pairs else documents.validation, tokenizer,
-                                      config.data, "Tokenizing validation", keep_tail=True)
+                                      config.data, "Tokenizing validation", keep_tail=True,
+                                      seed=config.seed)
     fingerprint = data_lib.data_fingerprint(train_blocks, val_blocks)
     stats = {"train": train_blocks.stats(), "validation": val_blocks.stats()}
     return _plan(config, documents, tokenizer, model_config, train_blocks, val_blocks, train_blocks,
                  fingerprint, stats, log)
 
 
-def _tokenizer_and_model_config(config, train_documents, log):
+def tokenizer_and_model_config(config, train_documents, log):
     name_or_path = config.model.name_or_path
     if config.model.bootstrap_tiny and not filesystem.isdir(name_or_path):
         model_lib.build_tiny(name_or_path, train_documents, config.model.tiny, config.seed, log)
@@ -91,7 +92,7 @@ def _prepare_from_shards(config, log) -> Prepared:
             "a tiny model cannot be built (its tokenizer is trained on the documents, which trainer.prepare "
             "read). Copy the model folder made by trainer.prepare to this path, or put it on gs:// and "
             "point --config.model.name_or_path at it.")
-    tokenizer, model_config = _tokenizer_and_model_config(config, [], log)
+    tokenizer, model_config = tokenizer_and_model_config(config, [], log)
     shards_lib.check_manifest(manifest, config, tokenizer)
     val_blocks = shards_lib.read_blocks(config.data.prepared_dir, manifest, "validation")
     train = manifest["splits"]["train"]

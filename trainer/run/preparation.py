@@ -1,39 +1,32 @@
-"""Prepare data once (`python -m trainer.prepare`): tokenize and pack (or pad) the corpus
-exactly as a training run does in memory (trainer/run/inputs.py: same split, same
-tokenizer, same rows in the same order), then write the rows as TFRecord shards
-(trainer/data/shards.py), so a run on a big corpus reads files with tf.data
-instead of holding every block in memory and in the graph. The doctor's data
-checks run here too, and their findings are kept beside the shards.
+"""Prepare data once (`python -m trainer.prepare`): read, split, tokenize and pack (or
+pad) the corpus with the Beam pipeline of beam_prepare.py, into the rows a training
+run makes in memory (trainer/run/inputs.py: same split, same tokenizer, same rows as a
+multiset), written as TFRecord shards (trainer/data/shards.py), so a run on a big
+corpus reads files with tf.data instead of holding every row in memory. The doctor's
+data audit runs inside the pipeline, and its findings are kept beside the shards.
 """
 
+import hashlib
 import os
 import time
 
-import ml_collections
 import numpy as np
 
 from trainer import data as data_lib
 from trainer import diagnosis
+from trainer.diagnosis import audit
 from trainer import filesystem
 from trainer import model as model_lib
 from trainer import reporting
 from trainer import settings
-from trainer.data.shards import (DATA_FIELD_DEFAULTS, DATA_FIELDS, FORMAT, MANIFEST, MIN_TRAIN_SHARDS, SHARD_NAME,
-                                 row_differences, read_manifest, row_bytes, shard_count, write_split)
+from trainer.data import shards as shards_lib
+from trainer.data.shards import (DATA_FIELD_DEFAULTS, DATA_FIELDS, FORMAT, MANIFEST, SHARD_NAME, read_manifest,
+                                 row_differences)
 from trainer.errors import UserError
-from trainer.run import inputs
+from trainer.run import beam_prepare, inputs
 
 # The data audit of the doctor, run here because only this step reads the documents.
 DOCTOR_FILES = ("doctor.json", "doctor.md")
-
-
-# ----------------------------------------------------------------------------- reading
-
-
-# ----------------------------------------------------------------------------- writing
-
-
-# ----------------------------------------------------------------------------- preparing
 
 
 def _settings(config, tokenizer) -> dict:
@@ -81,7 +74,7 @@ def _inspect(folder: str, overwrite: bool):
         raise UserError(f"--config.data.prepared_dir={folder} is a file, not a folder. Pick a new folder.")
     names = filesystem.listdir(folder)
     ours = [n for n in names if SHARD_NAME.match(n) or n.startswith(MANIFEST + filesystem.TMP_MARK)
-            or n in DOCTOR_FILES]
+            or n in DOCTOR_FILES or n.startswith(beam_prepare.RESULTS)]
     others = sorted(set(names) - set(ours) - {MANIFEST})
     manifest = None
     if MANIFEST in names:
@@ -96,6 +89,16 @@ def _inspect(folder: str, overwrite: bool):
         raise UserError(f"--config.data.prepared_dir={folder} holds files that trainer.prepare did not write "
                         f"({shown}) and no {MANIFEST}. Nothing was changed: pick an empty or new folder.")
     return manifest, sorted(ours, key=lambda n: n != MANIFEST)
+
+
+def _clean(folder: str, created: bool):
+    """Remove what a failed pipeline wrote (shards, results), and the folder if it made it."""
+    if created:
+        filesystem.remove(folder)
+        return
+    for name in filesystem.listdir(folder):
+        if SHARD_NAME.match(name) or name.startswith(beam_prepare.RESULTS):
+            filesystem.remove(filesystem.join(folder, name))
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -128,20 +131,80 @@ def _refuse(folder: str, differences: list[str]):
                     "--config.data.prepared_dir, or pass --overwrite to replace it.")
 
 
-def _length_summary(lengths) -> dict:
-    lengths = np.asarray(lengths if lengths is not None else [], np.int64)
-    if not len(lengths):
-        return {"count": 0, "mean": 0.0, "p50": 0.0, "p90": 0.0, "max": 0}
-    return {"count": int(len(lengths)), "mean": float(lengths.mean()), "p50": float(np.percentile(lengths, 50)),
-            "p90": float(np.percentile(lengths, 90)), "max": int(lengths.max())}
+def _tokenizer_and_model_config(config, log):
+    """The run's tokenizer and model config; a tiny model (model.bootstrap_tiny) is built
+    first from the documents, read in memory: tiny models are for small corpora."""
+    documents = []
+    if config.model.bootstrap_tiny and not filesystem.isdir(config.model.name_or_path):
+        documents = data_lib.load_documents(config.data, config.seed).train
+    return inputs.tokenizer_and_model_config(config, documents, log)
 
 
-def prepare_data(config, num_shards: int | None = None, log=reporting.say, overwrite: bool = False) -> dict:
-    """Tokenize and pack once into config.data.prepared_dir; returns the manifest.
+def _audit_findings(answer: dict, config, folder: str, manifest: dict, tokenizer) -> tuple[list, dict]:
+    """The pipeline's audit (on up to beam_prepare.AUDIT_DOCUMENTS documents), plus the label
+    checks on the first training rows written, errors first."""
+    result = answer["audit"]
+    findings = [audit.Finding(**f) for f in result["findings"]]
+    if result["sampled"] < result["documents"]:
+        findings.append(audit.Finding(
+            "size", "info", f"audited a uniform sample of {result['sampled']:,} of {result['documents']:,} training "
+            "documents", "The corpus checks read a sample chosen by each document's key; copies of a document are "
+            "sampled together, so the exact-duplicate rate is the corpus's. Counts and lengths in the manifest "
+            "are of every document.", "no change needed", {"sampled": result["sampled"],
+                                                            "documents": result["documents"]}))
+    sample = shards_lib.read_blocks(folder, manifest, "train", max_rows=2000)
+    findings += diagnosis.label_findings(sample, tokenizer.eos_token_id)
+    findings.sort(key=lambda f: audit.SEVERITIES.index(f.severity))
+    return findings, result["stats"]
+
+
+def runner_options(config, runner: str, project=None, region=None, temp_location=None, sdk_container_image=None,
+                   max_num_workers=None, extra=()) -> list[str]:
+    """Beam options for `runner`, checked: Dataflow's workers see only Google Cloud, so
+    its flags must be there and every path they read or write must be gs://."""
+    given = {"--project": project, "--region": region, "--temp_location": temp_location,
+             "--sdk_container_image": sdk_container_image}
+    if runner != "DataflowRunner":
+        named = [flag for flag, value in given.items() if value] + (["--max_num_workers"] if max_num_workers else [])
+        if named:
+            raise UserError(f"{', '.join(named)} only apply with --runner=DataflowRunner; the DirectRunner runs on "
+                            "this machine (--direct_num_workers processes).")
+        return list(extra)
+    missing = [flag for flag, value in given.items() if not value]
+    if missing:
+        raise UserError(f"--runner=DataflowRunner needs {', '.join(missing)}: e.g. --project=my-project "
+                        "--region=us-central1 --temp_location=gs://BUCKET/tmp "
+                        "--sdk_container_image=us-central1-docker.pkg.dev/my-project/tunewell/tunewell:latest "
+                        "(README \"Prepared data\"; deploy/dataflow.py fills them in).")
+    paths = {"--temp_location": temp_location, "--config.data.prepared_dir": config.data.prepared_dir,
+             "--config.data.train_files": config.data.train_files,
+             "--config.data.validation_files": config.data.validation_files,
+             "--config.model.tokenizer": config.model.tokenizer or config.model.name_or_path}
+    local = [f"{flag}={value}" for flag, value in paths.items() if value and not filesystem.is_remote(value)]
+    if local:
+        raise UserError(f"Dataflow's workers cannot see this machine's files: {', '.join(local)}. Copy them to "
+                        "gs:// (gsutil cp -r) and pass the gs:// paths.")
+    options = [f"--project={project}", f"--region={region}", f"--temp_location={temp_location}",
+               f"--sdk_container_image={sdk_container_image}",
+               # The image holds this package and its pinned dependencies: workers need nothing staged.
+               "--experiments=use_runner_v2", "--sdk_location=container"]
+    if max_num_workers:
+        options.append(f"--max_num_workers={max_num_workers}")
+    return options + list(extra)
+
+
+def prepare_data(config, num_shards: int | None = None, log=reporting.say, overwrite: bool = False,
+                 runner: str = "DirectRunner", direct_num_workers: int | None = None,
+                 pipeline_options=()) -> dict:
+    """Read, split, tokenize and pack once into config.data.prepared_dir with the Beam
+    pipeline of beam_prepare.py; returns the manifest.
 
     num_shards: training shards (None = derived, see SHARD_BYTES); validation is
-    always derived. Nothing is written or removed until the data are tokenized
-    and every check has passed."""
+    always derived. runner: "DirectRunner" runs on this machine in
+    direct_num_workers processes (None or 1 = in this process); "DataflowRunner" with
+    pipeline_options (--project, --region, --temp_location, --sdk_container_image)
+    on Google Cloud. Nothing is removed until the settings are checked; the
+    manifest, written last, marks the folder complete."""
     # ------------------------------------------------------------------ settings and the folder
     config = settings.resolve(config)
     folder = config.data.prepared_dir
@@ -164,59 +227,66 @@ def prepare_data(config, num_shards: int | None = None, log=reporting.say, overw
                 _refuse(folder, differences)
             return _already(folder, manifest, log)
 
-    # ------------------------------------------------------------------ documents, tokens, rows
-    # inputs.prepare reads the corpus as the trainer does; with prepared_dir cleared,
-    # it tokenizes in memory rather than reading the folder we are about to write.
+    # ------------------------------------------------------------------ tokenizer and model config
     started = time.perf_counter()
-    in_memory = ml_collections.ConfigDict(config.to_dict())
-    in_memory.data.prepared_dir = ""
-    prep = inputs.prepare(in_memory, log)
-    train_blocks, val_blocks = prep.train_blocks, prep.val_blocks
-    wanted = _settings(config, prep.tokenizer)
-    fingerprint = data_lib.data_fingerprint(train_blocks, val_blocks)
+    tokenizer, model_config = _tokenizer_and_model_config(config, log)
+    wanted = _settings(config, tokenizer)
     if manifest is not None and not overwrite:  # the tokenizer had to be built first
         differences = _differences(manifest, config, wanted, num_shards)
-        if differences or manifest["data_fingerprint"] != fingerprint:
-            _refuse(folder, differences or ["the tokenized rows differ"])
+        if differences:
+            _refuse(folder, differences)
         return _already(folder, manifest, log)
-    if num_shards is not None and num_shards > train_blocks.rows:
-        raise UserError(f"--shards={num_shards} is more than the {train_blocks.rows:,} training rows: every "
-                        f"shard needs a row. Use --shards={train_blocks.rows} or fewer.")
-    tokenized = time.perf_counter()
 
-    # ------------------------------------------------------------------ the data audit
-    # Training on the shards cannot read the documents again, so the doctor's data checks
-    # run here and their findings are kept beside the shards.
-    findings, audit_stats = [], {}
-    if config.preflight != "off":
-        findings, audit_stats = diagnosis.run_checks(prep.config, prep,
-                                                     diagnosis.estimate_parameters(prep.model_config))
-        log(diagnosis.terminal_summary(findings))
-
-    # ------------------------------------------------------------------ shards, then the manifest
+    # ------------------------------------------------------------------ the pipeline: shards, counts, audit
+    created = not filesystem.exists(folder)
     filesystem.makedirs(folder)
     for name in ours:  # the manifest first: the folder reads as incomplete until the new one lands
         filesystem.remove(filesystem.join(folder, name))
-    splits = {}
-    for split, blocks, minimum, requested in (("train", train_blocks, MIN_TRAIN_SHARDS, num_shards),
-                                              ("validation", val_blocks, 1, None)):
-        count = requested or shard_count(blocks.rows, row_bytes(blocks), minimum)
-        shards = write_split(blocks, folder, split, count)
-        splits[split] = {"rows": blocks.rows, "shards": shards, "stats": blocks.stats(),
-                         "bytes": blocks.rows * row_bytes(blocks)}
-    if findings:
-        diagnosis.write_outputs(findings, audit_stats, folder)
-    manifest = {**wanted, "splits": splits, "data_fingerprint": fingerprint,
-                "document_lengths_train": _length_summary(train_blocks.document_lengths)}
-    filesystem.write_json(filesystem.join(folder, MANIFEST), manifest)  # last: its presence means complete
+    workers = direct_num_workers or 1
+    log(f"Preparing {folder} with Beam's {runner}"
+        f"{f' in {workers} process(es)' if runner == 'DirectRunner' else ''} ...")
+    width = config.data.block_size
+    bytes_per_row = len(shards_lib.serialize_row(*np.zeros([3, width], np.int32))) + shards_lib.RECORD_FRAMING
+    audit_settings = {"enabled": config.preflight != "off", "block_size": width,
+                      "batching": settings.batching_of(config.data), "n_positions": model_config.n_positions,
+                      "seed": config.seed, "normalized": list(data_lib.parse_normalize(config.data.normalize))}
+    try:
+        answer = beam_prepare.run(config, folder, config.model.tokenizer or config.model.name_or_path,
+                                  tokenizer.pad_token_id, num_shards, bytes_per_row, audit_settings, runner,
+                                  workers, pipeline_options)
+    except UserError:  # bad data or flags found mid-pipeline: leave the folder as it was before
+        _clean(folder, created)
+        raise
     finished = time.perf_counter()
 
-    for split, blocks in (("train", train_blocks), ("validation", val_blocks)):
-        entry = splits[split]
-        log(f"Wrote {split}: {entry['rows']:,} rows of {config.data.block_size} tokens ({blocks.tokens:,} "
-            f"tokens of {blocks.documents:,} documents) in {len(entry['shards'])} shard(s), "
+    # ------------------------------------------------------------------ doctor files, then the manifest
+    splits = {split: {"rows": sum(s["rows"] for s in answer[split]["shards"]), "shards": answer[split]["shards"],
+                      "stats": answer[split]["stats"],
+                      "bytes": sum(s["rows"] for s in answer[split]["shards"]) * bytes_per_row}
+              for split in ("train", "validation")}
+    for split in ("train", "validation"):
+        if splits[split]["rows"] == 0:
+            raise UserError(f"The {split} documents of {config.data.train_files} make no row of "
+                            f"{width} tokens. Add data, or lower --config.data.block_size.")
+    fingerprint = {"train_rows": splits["train"]["rows"], "train_tokens": splits["train"]["stats"]["tokens"],
+                   "validation_rows": splits["validation"]["rows"],
+                   "validation_tokens": splits["validation"]["stats"]["tokens"],
+                   "sha256": hashlib.sha256((answer["train"]["sha256"] + answer["validation"]["sha256"]).encode())
+                   .hexdigest()}
+    manifest = {**wanted, "splits": splits, "data_fingerprint": fingerprint,
+                "document_lengths_train": answer["train"]["lengths"]}
+    if config.preflight != "off":
+        findings, audit_stats = _audit_findings(answer, config, folder, manifest, tokenizer)
+        log(diagnosis.terminal_summary(findings))
+        diagnosis.write_outputs(findings, audit_stats, folder)
+    filesystem.write_json(filesystem.join(folder, MANIFEST), manifest)  # last: its presence means complete
+
+    for split in ("train", "validation"):
+        entry, stats = splits[split], splits[split]["stats"]
+        log(f"Wrote {split}: {entry['rows']:,} rows of {width} tokens ({stats['tokens']:,} tokens of "
+            f"{stats['documents']:,} documents) in {len(entry['shards'])} shard(s), "
             f"{entry['bytes'] / 2**20:,.1f} MB.")
-    rows, writing = train_blocks.rows + val_blocks.rows, max(finished - tokenized, 1e-9)
-    log(f"Prepared {folder} in {finished - started:.1f} s: reading and tokenizing {tokenized - started:.1f} s, "
-        f"writing {rows:,} rows {writing:.1f} s ({rows / writing:,.0f} rows/s).")
+    tokens = splits["train"]["stats"]["tokens"] + splits["validation"]["stats"]["tokens"]
+    log(f"Prepared {folder} in {time.perf_counter() - started:.1f} s (pipeline {finished - started:.1f} s, "
+        f"{tokens / max(finished - started, 1e-9):,.0f} tokens/s).")
     return manifest
