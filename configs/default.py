@@ -95,8 +95,10 @@ def get_config():
     config.data.num_proc = 1
     # Token ids of raw files are cached here, keyed by the tokenizer and the
     # documents' text, so a second run on the same data does not tokenize
-    # again. "" = no cache.
-    config.data.cache_dir = "~/.cache/tunewell"
+    # again: a local or gs:// folder, "" = no cache. "auto": OUTPUT_DIR/token-cache
+    # when output_dir is gs:// (every worker and every restart of a cloud job reach
+    # it; a VM's disk dies with the VM), else ~/.cache/tunewell (this machine's runs).
+    config.data.cache_dir = "auto"
     # A folder (local or gs://) of shards written by `python -m trainer.prepare`
     # with this config: tokenized and packed once, read by tf.data file by file.
     # "" = read train_files and tokenize them at launch, in memory.

@@ -170,6 +170,33 @@ def test_token_cache_skips_tokenizing_the_same_documents_again(tmp_path, tiny_mo
         assert int(cached["ends"][-1]) == sum(len(f) for f in first)
 
 
+def test_token_cache_on_gcs_and_auto_beside_a_cloud_run(gcs_server, tiny_model_dir, monkeypatch):
+    """A cloud job's workers and restarts share no disk: "auto" puts the cache beside a gs://
+    run, where a second process (another worker, a restarted VM) reads it back."""
+    from tests.gcs_server import BUCKET
+    from trainer import filesystem, model as model_lib, settings
+
+    config = default.get_config()
+    config.data.train_files = "data/sample/corpus.jsonl"
+    config.output_dir = f"gs://{BUCKET}/runs/cached"
+    assert settings.resolve(config).data.cache_dir == f"gs://{BUCKET}/runs/cached/token-cache"
+    config.output_dir = "runs/local"
+    assert settings.resolve(config).data.cache_dir == os.path.expanduser("~/.cache/tunewell")
+
+    tokenizer = model_lib.load_tokenizer(tiny_model_dir)
+    cache = f"gs://{BUCKET}/runs/cached/token-cache"
+    documents = ["the river ran on", "a second document"]
+    first = data.tokenize(documents, tokenizer, cache_dir=cache)
+    assert len(filesystem.listdir(filesystem.join(cache, "tokens"))) == 1
+
+    def no_tokenizing(*args, **kwargs):
+        raise AssertionError("tokenized again although the cache holds these documents")
+
+    monkeypatch.setattr(type(tokenizer), "__call__", no_tokenizing)
+    again = data.tokenize(documents, tokenizer, cache_dir=cache)
+    assert [a.tolist() for a in again] == [f.tolist() for f in first]
+
+
 def test_normalization_steps_and_their_order(tmp_path):
     messy = "Ｆｕｌｌ\twidth  \x07bell\u00a0nbsp  \n\n\n\nﬁne  \nEnd"
     steps = data.parse_normalize("whitespace, NFKC,control")

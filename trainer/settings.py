@@ -94,7 +94,7 @@ RULES = {
     "data.block_size": (_int(2), "at least 2 tokens, e.g. 512"),
     "data.batching": (_choice("auto", "packed", "padded"), "auto, packed or padded"),
     "data.num_proc": (_int(1), "at least 1"),
-    "data.cache_dir": (_text(allow_empty=True), 'a local folder, or "" for no token cache'),
+    "data.cache_dir": (_text(allow_empty=True), '"auto", a local or gs:// folder, or "" for no token cache'),
     "data.prepared_dir": (_text(allow_empty=True), "a folder written by python -m trainer.prepare, or empty"),
     "model.name_or_path": (_text(), "a model folder or hub name, e.g. distilgpt2"),
     "model.tokenizer": (_text(allow_empty=True), "a tokenizer folder or hub name, or empty"),
@@ -222,6 +222,10 @@ def override(config, overrides: dict) -> None:
         node[name] = value
 
 
+# data.cache_dir="auto" on a local output_dir.
+AUTO_CACHE = "~/.cache/tunewell"
+
+
 def resolve(config):
     """A checked copy of `config` with every path expanded (`~`, $VARS)."""
     check(config)
@@ -235,6 +239,11 @@ def resolve(config):
     if vertex_outputs and not filesystem.is_remote(resolved.output_dir):
         # On Vertex a local folder dies with the job's VM: the job's baseOutputDirectory it is.
         resolved.output_dir = vertex_outputs["base"]
+    if resolved.data.cache_dir == "auto":
+        # Beside the run on gs://, which every worker and every restart of a cloud job
+        # reaches (a VM's disk dies with the VM); else this machine's cache, shared by its runs.
+        resolved.data.cache_dir = (filesystem.join(resolved.output_dir, "token-cache")
+                                   if filesystem.is_remote(resolved.output_dir) else filesystem.expand(AUTO_CACHE))
     resolved.lock()
     return resolved
 

@@ -2,11 +2,13 @@
 cache keyed by the documents and the tokenizer's identity (tokenizer_hash)."""
 
 import hashlib
+import io
 import json
-import os
 import zipfile
 
 import numpy as np
+
+from trainer import filesystem
 
 
 def tokenize(documents: list[str], tokenizer, num_proc: int = 1, desc: str = "Tokenizing",
@@ -14,7 +16,7 @@ def tokenize(documents: list[str], tokenizer, num_proc: int = 1, desc: str = "To
     """Token ids per document with EOS appended, so the model learns where text ends
     (append_eos=False: prompts, which the completion continues).
 
-    With cache_dir, the ids are kept in CACHE_DIR/tokens/<key>.npz, where the key
+    With cache_dir (local or gs://), the ids are kept in CACHE_DIR/tokens/<key>.npz, where the key
     is a sha256 of the tokenizer (its vocabulary and merges) and of every
     document's text: a second run on the same data does not tokenize again, and
     any change to either misses the cache. Written to a temporary name and
@@ -62,34 +64,41 @@ def _token_cache_path(documents: list[str], tokenizer, cache_dir: str, append_eo
     for text in documents:
         key.update(text.encode("utf-8", "surrogatepass"))
         key.update(b"\0")  # ["ab", "c"] and ["a", "bc"] are different corpora
-    return os.path.join(os.path.expanduser(cache_dir), "tokens", key.hexdigest() + ".npz")
+    return filesystem.join(filesystem.expand(cache_dir), "tokens", key.hexdigest() + ".npz")
 
 
 def _read_token_cache(path: str, documents: int) -> list[np.ndarray] | None:
     """The cached ids, or None when there is no entry or it is damaged (a disk error, a
     copy cut short): the caller then tokenizes again and replaces it."""
     try:
-        with np.load(path) as cached:
+        with np.load(io.BytesIO(filesystem.read_bytes(path))) as cached:
             ids, ends = cached["ids"], cached["ends"]
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-        return None
+    except Exception as e:  # noqa: BLE001  (gs:// adds its own error types to the disk's)
+        if isinstance(e, (OSError, ValueError, KeyError, zipfile.BadZipFile)) or type(e).__name__ in (
+                "NotFoundError", "PermissionDeniedError", "UnavailableError"):
+            return None
+        raise
     if len(ends) != documents:
         return None
     return np.split(ids, ends[:-1]) if len(ends) else []
 
 
 def _write_token_cache(path: str, token_ids: list[np.ndarray]) -> None:
-    """Best effort: a read-only or full disk costs the next run a tokenization, nothing more."""
+    """Best effort: a read-only or full disk costs the next run a tokenization, nothing more.
+    Written whole under a temporary name, then renamed (one object write on gs://): every
+    worker of a job may write the same entry, and each write is complete."""
     ids = np.concatenate(token_ids) if token_ids else np.zeros([0], np.int32)
     ends = np.cumsum([len(t) for t in token_ids], dtype=np.int64)
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
+
+    def write(tmp):
         with open(tmp, "wb") as f:
             np.savez(f, ids=ids, ends=ends)
-        os.replace(tmp, path)
-    except OSError:
-        pass
+    try:
+        filesystem.write_file(path, write)
+    except Exception as e:  # noqa: BLE001
+        if not isinstance(e, OSError) and type(e).__name__ not in ("PermissionDeniedError", "UnavailableError",
+                                                                    "NotFoundError"):
+            raise
 
 
 def tokenize_examples(pairs: list[tuple[str, str]], tokenizer, num_proc: int = 1, desc: str = "Tokenizing",
