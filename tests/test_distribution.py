@@ -107,3 +107,27 @@ def test_steps_per_call_fits_about_two_seconds_and_stops_at_the_log_interval():
     assert distribution.steps_per_call(strategy, 0.05, log_every_steps=10) == 10   # 40 fit; the log comes first
     assert distribution.steps_per_call(strategy, 0.05, log_every_steps=100) == 40
     assert distribution.steps_per_call(strategy, 3.0, log_every_steps=10) == 1     # a slow step: one per call
+
+
+def test_a_peer_lost_before_the_loop_is_one_line_not_a_traceback():
+    """The chief audits while the others wait in preflight's vote: a collective that times out
+    there (DeadlineExceeded) or finds its peer gone is PeerLost, as it is inside the loop."""
+    import types
+
+    import tensorflow as tf
+
+    from trainer.run import train as train_lib
+    from trainer.training import distribution
+
+    two = types.SimpleNamespace(cluster=distribution.Cluster(workers=2, task_type="worker", task_index=1,
+                                                              is_chief=False))
+    for error in (tf.errors.DeadlineExceededError(None, None, "Collective ops timed out after 1800 s"),
+                  tf.errors.UnavailableError(None, None, "failed to connect to all addresses")):
+        with pytest.raises(distribution.PeerLost, match=r"worker:1: another worker of this 2-worker job stopped "
+                                                        r"\(.*\)\. Relaunch the whole job"):
+            with train_lib._peers_watched(two):
+                raise error
+    one = types.SimpleNamespace(cluster=distribution.Cluster())
+    with pytest.raises(tf.errors.DeadlineExceededError):  # one process: no peer to blame
+        with train_lib._peers_watched(one):
+            raise tf.errors.DeadlineExceededError(None, None, "timed out")

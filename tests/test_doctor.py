@@ -37,6 +37,47 @@ def test_duplicates_are_an_error(tmp_path, tiny_model_dir):
     assert "error" in severities(findings, "duplicates")
 
 
+def test_a_big_corpus_is_audited_on_a_key_sample_with_the_corpus_duplicate_rate(tmp_path, tiny_model_dir,
+                                                                                  monkeypatch):
+    """The chief's audit reads at most AUDIT_TEXT_BYTES of text (here a third of the corpus),
+    chosen by key, so its time does not grow with the corpus while the other workers wait;
+    copies are sampled with their original, so the duplicate error still stands."""
+    from trainer.diagnosis import audit, preflight
+
+    docs = make_documents(200)
+    path = write_jsonl(tmp_path / "dup.jsonl", docs + docs[:60])  # 60 of 260 are copies
+    seen = {}
+    real = audit.audit_corpus
+
+    def counted(train_docs, *args, **kwargs):
+        seen["documents"] = len(train_docs)
+        return real(train_docs, *args, **kwargs)
+
+    monkeypatch.setattr(preflight, "AUDIT_TEXT_BYTES", sum(len(d.encode()) for d in docs + docs[:60]) // 3)
+    monkeypatch.setattr(audit, "audit_corpus", counted)
+    findings = checks(small_config(tmp_path / "o", path, tiny_model_dir))
+    sample = [f for f in findings if f.check == "size" and "uniform sample" in f.figure]
+    assert len(sample) == 1 and sample[0].data["sampled"] == seen["documents"]
+    documents = sample[0].data["documents"]
+    assert documents > 200 and 0.2 * documents <= seen["documents"] <= 0.5 * documents  # ~1/3 (binomial)
+    assert "error" in severities(findings, "duplicates")
+
+
+def test_a_run_on_prepared_data_reports_the_findings_prepare_wrote(tmp_path, tiny_model_dir):
+    from trainer.run import preparation
+
+    docs = make_documents(200)
+    path = write_jsonl(tmp_path / "dup.jsonl", docs + docs[:60])
+    config = small_config(tmp_path / "o", path, tiny_model_dir, **{"data.prepared_dir": str(tmp_path / "prep")})
+    preparation.prepare_data(config, log=quiet)
+    written = diagnosis.prepared_findings(str(tmp_path / "prep"))
+    assert "error" in severities(written, "duplicates") and "labels" in {f.check for f in written}
+    findings = checks(config)  # reads no document: prepare_data found these
+    assert [f for f in findings if f.check != "settings" and f.check != "size"] == [
+        f for f in written if f.check != "size"]  # prepare's findings, then the run's own settings checks
+    assert "error" in severities(findings, "duplicates")
+
+
 def test_templated_examples_are_an_error(tmp_path, tiny_model_dir):
     names = ["Alice", "Bruno", "Chen", "Dana", "Emil", "Fatima", "Goran", "Hana"]
     templated = [f"Order {1000 + 7 * i} shipped on 2024-03-{1 + i % 28:02d} to {names[i % 8]}."

@@ -14,5 +14,6 @@ from trainer.diagnosis.after_run import (DATA, HEALTHY, LR_TOO_HIGH, LR_TOO_LOW,
                                          TASK_DISAGREEMENT, TRUNCATION, UNDERFIT, diagnose,
                                          task_metric_disagreement)
 from trainer.diagnosis.monitors import TrainingNgrams, generation_health, monitor
-from trainer.diagnosis.preflight import (estimate_parameters, label_findings, markdown, overfit_one_batch,
-                                         run_checks, settings_findings, terminal_summary, write_outputs)
+from trainer.diagnosis.preflight import (AUDIT_TEXT_BYTES, audit_bound, estimate_parameters, label_findings, markdown,
+                                         overfit_one_batch, prepared_findings, run_checks, sample_finding,
+                                         settings_findings, terminal_summary, text_bytes, write_outputs)

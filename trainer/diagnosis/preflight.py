@@ -16,7 +16,7 @@ import numpy as np
 from trainer import data as data_lib
 from trainer import filesystem
 from trainer import model as model_lib
-from trainer.data import IGNORE_INDEX, parse_normalize
+from trainer.data import IGNORE_INDEX, keys, parse_normalize
 from trainer.diagnosis import audit
 from trainer.diagnosis.audit import Finding
 from trainer.training import optimization
@@ -30,6 +30,50 @@ MIN_TOTAL_STEPS = 50
 # Learning rate against the derived one: 10x above diverges or forgets the pre-training,
 # 100x below moves nothing within a fine-tuning budget.
 LR_HIGH_WARNING, LR_HIGH_ERROR, LR_LOW_WARNING, LR_LOW_ERROR = 3.0, 10.0, 1 / 30, 1 / 1000
+
+
+# Text the data audit reads: all of it up to this, else a uniform sample chosen by each
+# document's seeded key (data/keys.py: key < 2**64 x budget / text bytes). The audit's
+# time and memory grow with the words it reads (~20 s per 100,000 documents of ~65
+# words, ~40 MB, on one core: README "Doctor"; ~2.3 GB of memory for 100,000 documents
+# of ~310 words, bench/prepare.md), so a budget in bytes keeps both flat on any corpus:
+# a multi-worker run's chief audits while the other workers wait in a collective, and
+# a linear audit of 9M documents outlasted its 30-minute timeout. Copies of a document
+# share a key and are sampled together, so the sample's exact-duplicate rate is the
+# corpus's; near duplicates and leakage are estimated on it.
+AUDIT_TEXT_BYTES = 40 * 2**20
+
+
+def text_bytes(document) -> int:
+    """UTF-8 bytes of a text or of a (prompt, completion) pair."""
+    if isinstance(document, tuple):
+        return sum(len(part.encode("utf-8", "surrogatepass")) for part in document)
+    return len(document.encode("utf-8", "surrogatepass"))
+
+
+def audit_bound(total_bytes: int, budget: int | None = None) -> int:
+    """Documents whose keys are below this are audited: all of them when their text fits
+    the budget (AUDIT_TEXT_BYTES), else a uniform sample of about that much text."""
+    budget = AUDIT_TEXT_BYTES if budget is None else budget
+    return int(2**keys.KEY_BITS * min(1.0, budget / max(total_bytes, 1)))
+
+
+def sample_finding(sampled: int, documents: int) -> Finding:
+    return Finding(
+        "size", "info", f"audited a uniform sample of {sampled:,} of {documents:,} training documents",
+        "The corpus checks read a sample chosen by each document's key, so they take the same time on any "
+        "corpus; copies of a document are sampled together, so the exact-duplicate rate is the corpus's. "
+        "Counts and lengths are of every document.", "no change needed",
+        {"sampled": sampled, "documents": documents})
+
+
+def prepared_findings(folder: str) -> list[Finding]:
+    """The data and label findings trainer.prepare wrote beside its shards (it read the
+    documents; it checks no settings), so the run's doctor files hold them too."""
+    path = filesystem.join(folder, "doctor.json")
+    if not filesystem.exists(path):
+        return []
+    return [Finding(**f) for f in filesystem.read_json(path)["findings"]]
 
 
 def settings_findings(config, plan, train_documents: int, n_embd: int, n_params: int, train_tokens: int,
@@ -159,9 +203,10 @@ def run_checks(config, prep, n_params: int, replicas: int = 1) -> tuple[list[Fin
     config = prep.config  # checked and resolved (data.batching auto -> packed or padded)
     tokenizer = prep.tokenizer
     if prep.train_blocks is None:
-        findings = settings_findings(config, prep.plan, prep.data_stats["train"]["documents"],
-                                     prep.model_config.n_embd, n_params, prep.data_stats["train"]["tokens"],
-                                     replicas)
+        findings = prepared_findings(config.data.prepared_dir)
+        findings += settings_findings(config, prep.plan, prep.data_stats["train"]["documents"],
+                                      prep.model_config.n_embd, n_params, prep.data_stats["train"]["tokens"],
+                                      replicas)
         findings.sort(key=lambda f: audit.SEVERITIES.index(f.severity))
         return findings, {}
 
@@ -170,14 +215,28 @@ def run_checks(config, prep, n_params: int, replicas: int = 1) -> tuple[list[Fin
 
     # Lengths from the trainer's own tokenization: the corpus is not tokenized a second time.
     blocks = prep.train_blocks
-    prompt_completion = None if blocks.prompt_lengths is None else {
-        "pairs": prep.documents.train_pairs, "prompt_tokens": blocks.prompt_lengths.tolist(),
-        "completion_tokens": (blocks.document_lengths - blocks.prompt_lengths).tolist()}
+    train, lengths = prep.documents.train, blocks.document_lengths
+    pairs = prep.documents.train_pairs
+    prompt_lengths = blocks.prompt_lengths
+    sampled = None
+    total_bytes = sum(text_bytes(d) for d in train)
+    if total_bytes > AUDIT_TEXT_BYTES:  # a key sample, chosen as trainer.prepare chooses its own
+        bound = audit_bound(total_bytes)
+        chosen = [i for i, d in enumerate(pairs or train) if keys.document_key(d, config.seed) < bound]
+        train, lengths = [train[i] for i in chosen], lengths[chosen]
+        pairs = [pairs[i] for i in chosen] if pairs else pairs
+        prompt_lengths = prompt_lengths[chosen] if prompt_lengths is not None else None
+        sampled = len(chosen)
+    prompt_completion = None if prompt_lengths is None else {
+        "pairs": pairs, "prompt_tokens": prompt_lengths.tolist(),
+        "completion_tokens": (lengths - prompt_lengths).tolist()}
     findings, stats = audit.audit_corpus(
-        prep.documents.train, prep.documents.validation, blocks.document_lengths.tolist(),
-        config.data.block_size, config.data.batching,
+        train, prep.documents.validation, lengths.tolist(), config.data.block_size, config.data.batching,
         tokenize=tokenize, n_positions=prep.model_config.n_positions, vocab_size=len(tokenizer),
-        seed=config.seed, normalized=parse_normalize(config.data.normalize), prompt_completion=prompt_completion)
+        seed=config.seed, normalized=parse_normalize(config.data.normalize), prompt_completion=prompt_completion,
+        text_separator=config.data.text_separator)
+    if sampled is not None:
+        findings.append(sample_finding(sampled, len(prep.documents.train)))
     findings += settings_findings(config, prep.plan, len(prep.documents.train), prep.model_config.n_embd,
                                   n_params, prep.train_blocks.tokens, replicas)
     findings += label_findings(prep.train_blocks, tokenizer.eos_token_id)

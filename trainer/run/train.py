@@ -15,6 +15,7 @@ report.json is written last and marks a finished run. Each stage takes and
 returns small dataclasses, so its signature says what it needs.
 """
 
+import contextlib
 import dataclasses
 
 from trainer import data as data_lib
@@ -43,10 +44,11 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
             f"{launch.run_dir.report_path}. Use a new --config.output_dir to train again.")
         return filesystem.read_json(launch.run_dir.report_path)
     devices = start_devices(launch, log)
-    prep = prepare_inputs(launch, devices, log)
-    findings, audit_stats = preflight(launch, devices, prep, log)
-    outputs = open_outputs(launch, prep, findings, audit_stats)
-    built = build(launch, devices, prep, outputs, log)
+    with _peers_watched(launch):  # the collectives before the loop (the loop watches its own)
+        prep = prepare_inputs(launch, devices, log)
+        findings, audit_stats = preflight(launch, devices, prep, log)
+        outputs = open_outputs(launch, prep, findings, audit_stats)
+        built = build(launch, devices, prep, outputs, log)
     progress = restore(launch, prep, outputs, built, log)
     loop = Loop(launch, devices, prep, outputs, built, progress, log)
     step = loop.run()
@@ -55,6 +57,20 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
             "and reports.")
         return {"steps": step, "worker": launch.cluster.name, "best_val_loss": loop.state["best_val_loss"]}
     return finish_lib.finish(launch, devices, prep, outputs, built, loop, step, log)
+
+
+@contextlib.contextmanager
+def _peers_watched(launch: Launch):
+    """A collective that fails because a peer is gone (UnavailableError, or DeadlineExceeded
+    after COLLECTIVE_TIMEOUT_SECONDS) is PeerLost, one line and a relaunch hint, as in the
+    loop: a worker waiting in preflight's vote while the chief audits used to die with a
+    traceback."""
+    try:
+        yield
+    except distribution.peer_errors() as e:
+        if launch.cluster.workers == 1:
+            raise
+        raise distribution.PeerLost(launch.cluster, e) from None
 
 
 def open_run(config, log) -> Launch:
