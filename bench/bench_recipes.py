@@ -255,8 +255,8 @@ def short_first(enabled: bool, seed: int):
     make_blocks, epoch_order = data_lib.make_blocks, data_lib.epoch_order
     curriculum = {}
 
-    def capture(documents, tokenizer, data_config, desc, keep_tail=False):
-        blocks = make_blocks(documents, tokenizer, data_config, desc, keep_tail)
+    def capture(documents, tokenizer, data_config, desc, keep_tail=False, **packing):  # packing: seed=
+        blocks = make_blocks(documents, tokenizer, data_config, desc, keep_tail, **packing)
         if not keep_tail and "order" not in curriculum:  # the training rows (validation keeps its tail)
             curriculum["order"] = short_first_order(blocks, seed, data_config.batching == "packed")
         return blocks

@@ -6,10 +6,11 @@
         --temp_location=gs://BUCKET/tmp --sdk_container_image=IMAGE [--max_num_workers=N]
 
 Tokenizes and packs the corpus as the trainer would and writes TFRecord shards
-plus a manifest, with an Apache Beam pipeline: on this machine's cores (the
-DirectRunner) or on Dataflow (trainer/run/preparation.py and beam_prepare.py do
-the work; the format is in trainer/data/shards.py), then prints the trainer
-command that reads them.
+plus a manifest, then prints the trainer command that reads them. The steps are
+an Apache Beam pipeline (trainer/run/beam_prepare.py) that runs on Dataflow; on
+this machine the same steps are streamed through local disk in bounded memory
+(--runner=local, the default: trainer/run/local_prepare.py), or run by Beam's
+DirectRunner. The format is in trainer/data/shards.py.
 
     python -m trainer.prepare --inspect=FOLDER --workers=N [--epoch=E] [--json] [--config=... flags]
 
@@ -33,11 +34,14 @@ from trainer.run import inspection, preparation
 flags.DEFINE_integer("shards", None, "Training shards; default: ~64 MB each and at least min(16, rows). "
                      "Validation shards are always derived.")
 flags.DEFINE_bool("overwrite", False, "Replace a folder prepared with other settings.")
-flags.DEFINE_enum("runner", "DirectRunner", ["DirectRunner", "DataflowRunner"],
-                  "Beam runner: DirectRunner on this machine, DataflowRunner on Google Cloud (needs --project, "
-                  "--region, --temp_location, --sdk_container_image and gs:// data, tokenizer and folder).")
-flags.DEFINE_integer("direct_num_workers", 0, "DirectRunner processes; 0 = one per core of this machine, "
-                     "1 = in this process.")
+flags.DEFINE_enum("runner", "local", ["local", "DirectRunner", "DataflowRunner"],
+                  "local: the pipeline's steps on this machine, streamed through its temp folder in bounded "
+                  "memory; DirectRunner: Beam's own local runner, which holds each step's output in memory "
+                  "(small data: to check the Beam graph before a Dataflow job); DataflowRunner: Google Cloud "
+                  "(needs --project, --region, --temp_location, --sdk_container_image and gs:// data, tokenizer "
+                  "and folder).")
+flags.DEFINE_integer("direct_num_workers", 0, "Processes on this machine (local and DirectRunner); 0 = one per "
+                     "core, 1 = in this process.")
 flags.DEFINE_string("project", None, "DataflowRunner: Google Cloud project.")
 flags.DEFINE_string("region", None, "DataflowRunner: region of the job, e.g. us-central1 (near the bucket).")
 flags.DEFINE_string("temp_location", None, "DataflowRunner: gs:// folder for Dataflow's staging and temp files.")

@@ -194,9 +194,11 @@ def concat_blocks(parts: list[Blocks], block_size: int) -> Blocks:
                   prompt_lengths=joined("prompt_lengths", np.int64, ()) if pairs else None, **total)
 
 
-def make_blocks(documents, tokenizer, data_config, desc, keep_tail=False, seed: int = 0):
+def make_blocks(documents, tokenizer, data_config, desc, keep_tail=False, *, seed: int):
     """documents: texts, or (prompt, completion) pairs when data_config names both fields.
     keep_tail: score every token (validation) rather than only full blocks (training).
+    seed: the run's config.seed; it orders the documents (keys.py), so it has no default:
+    another seed packs other rows, as trainer.prepare would.
 
     Documents are packed within groups of about keys.GROUP_TOKENS tokens, in the
     order of their keys (keys.py), exactly as the Beam pipeline of trainer.prepare

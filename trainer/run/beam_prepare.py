@@ -19,9 +19,13 @@ tokens) or one shard (about 64 MB) at a time.
 """
 
 import collections
+import contextlib
 import hashlib
 import json
 import logging
+import os
+import sys
+import tempfile
 
 import numpy as np
 
@@ -31,16 +35,9 @@ from trainer import model as model_lib
 from trainer import settings
 from trainer.data import keys
 from trainer.data import shards as shards_lib
+from trainer import diagnosis
 from trainer.diagnosis import audit
 from trainer.errors import UserError
-
-# Documents the data audit reads: a uniform sample by key (key < 2**64 x n / N)
-# when the corpus has more. The audit takes ~20 s per 100,000 documents on one
-# core (README "Doctor"); it runs on one worker inside the pipeline, in parallel
-# with the packing and writing. Copies of a document share a key, so the exact
-# duplicate rate of the sample is the corpus's; near duplicates and leakage are
-# estimated on the sample.
-AUDIT_DOCUMENTS = 100_000
 
 # The pipeline's answer to the driver, written by the last step and removed once
 # the manifest is written.
@@ -59,9 +56,10 @@ def _user_error(message: str) -> Exception:
     return _WorkerUserError(_USER_ERROR_MARK + message + "::end")
 
 
-def _records_of_file(path: str, data_config, pairs: bool):
+def records_of_file(path: str, data_config, pairs: bool, on_worker: bool = True):
     """The documents of one file, streamed record by record, normalised and cleaned by
-    the function read_documents / read_examples call per file."""
+    the function read_documents / read_examples call per file. on_worker: a UserError
+    is marked to cross Beam's worker boundary (see _user_error)."""
     normalize = data_lib.parse_normalize(data_config.normalize)
     try:
         if pairs:
@@ -71,6 +69,8 @@ def _records_of_file(path: str, data_config, pairs: bool):
             yield from data_lib.file_documents(path, data_config.text_field, data_config.text_separator,
                                                normalize)
     except UserError as e:
+        if not on_worker:
+            raise
         raise _user_error(str(e)) from None
 
 
@@ -86,7 +86,7 @@ def _split(keyed, count, smallest, fraction, max_examples):
     yield beam.pvalue.TaggedOutput("validation" if key <= threshold else "train", keyed)
 
 
-def _item_tokens(item) -> int:
+def item_tokens(item) -> int:
     return len(item[0]) + len(item[1]) if isinstance(item, tuple) else len(item)
 
 
@@ -94,13 +94,13 @@ def _row_record(ids, mask, labels) -> bytes:
     return shards_lib.serialize_row(ids, mask, labels)
 
 
-def _stats_of(blocks) -> dict:
+def stats_of(blocks) -> dict:
     stats = blocks.stats()
     stats["lengths"] = collections.Counter(blocks.document_lengths.tolist())
     return stats
 
 
-def _add_stats(a: dict, b: dict) -> dict:
+def add_stats(a: dict, b: dict) -> dict:
     out = dict(a)
     for name, value in b.items():
         out[name] = out[name] + value if name in out else value
@@ -137,7 +137,10 @@ def pipeline_options(runner: str, direct_num_workers: int, extra: list[str]):
     if runner == "DirectRunner":
         workers = max(1, direct_num_workers)
         args += [f"--direct_num_workers={workers}",
-                 f"--direct_running_mode={'multi_processing' if workers > 1 else 'in_memory'}"]
+                 f"--direct_running_mode={'multi_processing' if workers > 1 else 'in_memory'}",
+                 # Worker processes log a failing bundle's traceback to this terminal; run()
+                 # reports the error itself in one line.
+                 "--default_sdk_harness_log_level=CRITICAL"]
     return PipelineOptions(args)
 
 
@@ -169,14 +172,21 @@ def build(pipeline, config, folder: str, tokenizer_path: str, pad_token_id: int,
     def read(label, spec, flag):
         files = data_lib.expand_files(spec, flag)
         return (pipeline | f"{label} files" >> beam.Create(files)
-                | f"{label} read" >> beam.FlatMap(_records_of_file, data_config, pairs)
-                | f"{label} key" >> beam.Map(lambda d: (keys.document_key(d, seed), d)))
+                | f"{label} read" >> beam.FlatMap(records_of_file, data_config, pairs)
+                | f"{label} key" >> beam.Map(lambda d: (keys.document_key(d, seed), d))
+                # A file is one element, read by one worker: spread its documents over all
+                # workers before tokenizing (one 10 GB file would otherwise be one worker's job).
+                | f"{label} spread" >> beam.Reshuffle())
 
     train = read("Train", data_config.train_files, "--config.data.train_files")
+    # Documents and text of the training files, before any is held out: the split and the
+    # audit's sample bound start from them (local_prepare.py counts the same in its first pass).
+    count = train | "Count documents" >> beam.combiners.Count.Globally()
+    text_total = (train | "Text bytes" >> beam.Map(lambda kv: diagnosis.text_bytes(kv[1]))
+                  | "Sum text bytes" >> beam.CombineGlobally(sum))
     if data_config.validation_files:
         validation = read("Validation", data_config.validation_files, "--config.data.validation_files")
     else:
-        count = train | "Count documents" >> beam.combiners.Count.Globally()
         smallest = (train | "Keys" >> beam.Keys()
                     | "Smallest keys" >> beam.combiners.Top.Smallest(max(1, data_config.validation_max_examples)))
         parts = train | "Split" >> beam.FlatMap(
@@ -191,7 +201,7 @@ def build(pipeline, config, folder: str, tokenizer_path: str, pad_token_id: int,
         tokenized = (documents
                      | f"{label} batches" >> beam.BatchElements(min_batch_size=64, max_batch_size=1024)
                      | f"{label} tokenize" >> beam.ParDo(Tokenize()))
-        total = (tokenized | f"{label} tokens" >> beam.Map(lambda kv: _item_tokens(kv[1]))
+        total = (tokenized | f"{label} tokens" >> beam.Map(lambda kv: item_tokens(kv[1]))
                  | f"{label} sum tokens" >> beam.CombineGlobally(sum))
 
         def assign(kv, total_tokens, keep_tail=keep_tail):
@@ -203,7 +213,7 @@ def build(pipeline, config, folder: str, tokenizer_path: str, pad_token_id: int,
             items = sorted(items, key=lambda kv: kv[0])  # documents in key order: a seeded shuffle
             blocks = data_lib.group_rows([item for _, item in items], block_size, batching,
                                          pad_token_id, keep_tail)
-            yield beam.pvalue.TaggedOutput("stats", _stats_of(blocks))
+            yield beam.pvalue.TaggedOutput("stats", stats_of(blocks))
             yield beam.pvalue.TaggedOutput("rows_per_group", (group, blocks.rows))
             for index in range(blocks.rows):
                 yield ((group, index),
@@ -216,40 +226,25 @@ def build(pipeline, config, folder: str, tokenizer_path: str, pad_token_id: int,
                                                                               main="rows"))
         rows = made.rows
         stats = made.stats | f"{label} stats" >> beam.CombineGlobally(
-            lambda parts: _reduce(parts, _add_stats, {}))
+            lambda parts: _reduce(parts, add_stats, {}))
         # Each group's first row in the split's row numbering (groups in order): a small
         # table, one entry per group (596 at 2.5B tokens), that every worker gets whole.
         offsets = (made.rows_per_group | f"{label} rows per group" >> beam.combiners.ToList()
                    | f"{label} group offsets" >> beam.Map(_group_offsets))
         row_count = offsets | f"{label} count rows" >> beam.Map(lambda table: table["rows"])
 
-        def shards_for(rows_total, split=split):
-            if split == "train" and num_shards:
-                if num_shards > rows_total:
-                    raise _user_error(f"--shards={num_shards} is more than the {rows_total:,} training rows: every "
-                                      f"shard needs a row. Use --shards={max(rows_total, 1)} or fewer.")
-                return num_shards
-            return shards_lib.shard_count(rows_total, bytes_per_row,
-                                          shards_lib.MIN_TRAIN_SHARDS if split == "train" else 1)
+        def shards_of(rows_total, split=split):
+            try:
+                return shards_for(split, rows_total, num_shards, bytes_per_row)
+            except UserError as e:
+                raise _user_error(str(e)) from None
 
-        shard_total = row_count | f"{label} shard count" >> beam.Map(shards_for)
+        shard_total = row_count | f"{label} shard count" >> beam.Map(shards_of)
 
         def write_shard(shard_rows, count, split=split):
             index, keyed_records = shard_rows
-            records = [record for _, record in sorted(keyed_records)]
-            name = shards_lib.shard_name(split, index, count)
-            digest = hashlib.sha256()
-            for record in records:
-                digest.update(record)
-
-            def write(tmp):
-                import tensorflow as tf
-
-                with tf.io.TFRecordWriter(tmp) as writer:
-                    for record in records:
-                        writer.write(record)
-            filesystem.write_file(filesystem.join(folder, name), write)  # a retried bundle rewrites it whole
-            return {"index": index, "file": name, "rows": len(records), "sha256": digest.hexdigest()}
+            # A retried bundle rewrites the file whole.
+            return write_shard_file(folder, split, index, count, [record for _, record in sorted(keyed_records)])
 
         def deal(row, table, count, split=split):
             """Row number r goes to shard r % count: every shard gets floor or ceil of rows / count
@@ -268,15 +263,15 @@ def build(pipeline, config, folder: str, tokenizer_path: str, pad_token_id: int,
     # ---------------------------------------------------------------- the data audit, on a sample by key
     train_count = outputs["train"]["documents"] | "Count train documents" >> beam.combiners.Count.Globally()
 
-    def sampled(kv, total):
-        return kv[0] < (2**keys.KEY_BITS) * min(1.0, AUDIT_DOCUMENTS / max(total, 1))
+    def sampled(kv, total):  # chosen as the trainer's own audit chooses (diagnosis.audit_bound)
+        return kv[0] < diagnosis.audit_bound(total)
 
     audit_train = (outputs["train"]["documents"] | "Audit sample" >> beam.Filter(sampled,
-                                                                                 beam.pvalue.AsSingleton(train_count))
+                                                                                 beam.pvalue.AsSingleton(text_total))
                    | "Audit sample list" >> beam.combiners.ToList())
     audit_validation = outputs["validation"]["documents"] | "Audit validation list" >> beam.combiners.ToList()
     audited = (pipeline | "Audit" >> beam.Create([None])
-               | "Run the audit" >> beam.Map(_run_audit, beam.pvalue.AsSingleton(audit_train),
+               | "Run the audit" >> beam.Map(run_audit, beam.pvalue.AsSingleton(audit_train),
                                              beam.pvalue.AsSingleton(audit_validation),
                                              beam.pvalue.AsSingleton(train_count), tokenizer_path, add_tokens,
                                              audit_settings, pairs))
@@ -288,12 +283,9 @@ def build(pipeline, config, folder: str, tokenizer_path: str, pad_token_id: int,
                                             ("validation", validation_stats, validation_shards,
                                              validation_count_shards)):
             by_index = {s["index"]: s for s in shards}
-            # A shard the hash gave no row is still a file (empty), so names run 0..count-1.
-            listed = [by_index.get(i) or _empty_shard(folder, split, i, count) for i in range(count)]
-            answer[split] = {"stats": {k: v for k, v in stats.items() if k != "lengths"},
-                             "lengths": _length_summary(stats.get("lengths", collections.Counter())),
-                             "shards": [{"file": s["file"], "rows": s["rows"]} for s in listed],
-                             "sha256": hashlib.sha256("".join(s["sha256"] for s in listed).encode()).hexdigest()}
+            # A shard given no row (fewer rows than shards) is still a file, so names run 0..count-1.
+            listed = [by_index.get(i) or write_shard_file(folder, split, i, count, []) for i in range(count)]
+            answer[split] = split_answer(stats, stats.get("lengths", collections.Counter()), listed)
         filesystem.write_json(filesystem.join(folder, RESULTS), answer)
 
     singleton = beam.pvalue.AsSingleton
@@ -323,19 +315,45 @@ def _reduce(parts, add, start):
     return total
 
 
-def _empty_shard(folder: str, split: str, index: int, count: int) -> dict:
+def shards_for(split: str, rows_total: int, num_shards, bytes_per_row: int) -> int:
+    """Shards of a split: --shards for training when given (each must get a row), else ~64 MB each."""
+    if split == "train" and num_shards:
+        if num_shards > rows_total:
+            raise UserError(f"--shards={num_shards} is more than the {rows_total:,} training rows: every "
+                            f"shard needs a row. Use --shards={max(rows_total, 1)} or fewer.")
+        return num_shards
+    return shards_lib.shard_count(rows_total, bytes_per_row, shards_lib.MIN_TRAIN_SHARDS if split == "train" else 1)
+
+
+def write_shard_file(folder: str, split: str, index: int, count: int, records: list[bytes]) -> dict:
+    """One TFRecord shard, written whole (atomic); its entry with the digest of its records."""
     import tensorflow as tf
 
     name = shards_lib.shard_name(split, index, count)
+    digest = hashlib.sha256()
+    for record in records:
+        digest.update(record)
 
     def write(tmp):
-        with tf.io.TFRecordWriter(tmp):
-            pass
+        with tf.io.TFRecordWriter(tmp) as writer:
+            for record in records:
+                writer.write(record)
     filesystem.write_file(filesystem.join(folder, name), write)
-    return {"index": index, "file": name, "rows": 0, "sha256": hashlib.sha256(b"").hexdigest()}
+    return {"index": index, "file": name, "rows": len(records), "sha256": digest.hexdigest()}
 
 
-def _run_audit(_, train_sample, validation, train_total, tokenizer_path, add_tokens, audit_settings, pairs):
+def split_answer(stats: dict, lengths: collections.Counter, shards: list[dict]) -> dict:
+    """A split's part of the answer: stats, the length summary, shards in index order, one digest."""
+    shards = sorted(shards, key=lambda s: s["index"])
+    return {"stats": {k: v for k, v in stats.items() if k != "lengths"}, "lengths": _length_summary(lengths),
+            "shards": [{"file": s["file"], "rows": s["rows"]} for s in shards],
+            "sha256": hashlib.sha256("".join(s["sha256"] for s in shards).encode()).hexdigest()}
+
+
+LENGTH_BATCH = 1000
+
+
+def run_audit(_, train_sample, validation, train_total, tokenizer_path, add_tokens, audit_settings, pairs):
     """The doctor's data audit on the sample: (findings as dicts, stats), JSON-ready."""
     if not audit_settings.get("enabled", True):
         return {"findings": [], "stats": {}, "sampled": 0, "documents": train_total}
@@ -346,21 +364,24 @@ def _run_audit(_, train_sample, validation, train_total, tokenizer_path, add_tok
     def tokenize(texts):
         return tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
 
+    # Lengths a batch at a time: the tokenizer's output for a whole 100,000-document
+    # sample (ids, offsets, masks as Python objects) took ~3 GB at 20M tokens.
+    batches = [train_sample[i:i + LENGTH_BATCH] for i in range(0, len(train_sample), LENGTH_BATCH)]
     if pairs:
-        encoded = data_lib.encode_examples(train_sample, tokenizer)
-        prompt_completion = {"pairs": train_sample, "prompt_tokens": [len(p) for p, _ in encoded],
-                             "completion_tokens": [len(c) for _, c in encoded]}
-        lengths = [len(p) + len(c) for p, c in encoded]
+        sizes = [(len(p), len(c)) for batch in batches for p, c in data_lib.encode_examples(batch, tokenizer)]
+        prompt_completion = {"pairs": train_sample, "prompt_tokens": [p for p, _ in sizes],
+                             "completion_tokens": [c for _, c in sizes]}
+        lengths = [p + c for p, c in sizes]
         train_texts, val_texts = [p + c for p, c in train_sample], [p + c for p, c in validation]
     else:
         prompt_completion = None
-        lengths = [len(ids) + 1 for ids in tokenize(train_sample)] if train_sample else []
+        lengths = [len(ids) + 1 for batch in batches for ids in tokenize(batch)]
         train_texts, val_texts = train_sample, validation
     findings, stats = audit.audit_corpus(
         train_texts, val_texts, lengths, audit_settings["block_size"], audit_settings["batching"],
         tokenize=tokenize, n_positions=audit_settings["n_positions"], vocab_size=len(tokenizer),
         seed=audit_settings["seed"], normalized=tuple(audit_settings["normalized"]),
-        prompt_completion=prompt_completion)
+        prompt_completion=prompt_completion, text_separator=audit_settings["text_separator"])
     return {"findings": [_finding_dict(f) for f in findings], "stats": json.loads(json.dumps(stats, default=_plain)),
             "sampled": len(train_sample), "documents": train_total}
 
@@ -381,23 +402,53 @@ def _plain(value):
     return str(value)
 
 
+@contextlib.contextmanager
+def _workers_stderr(capture: bool):
+    """Worker processes of the DirectRunner share this terminal and print every failing
+    bundle's traceback (apache_beam's sdk_worker prints it unconditionally) and
+    TensorFlow's start-up lines: send the file descriptor they inherit to a temporary
+    file for the run, and show it only when the failure is not a user error."""
+    state = {"show": False}
+    if not capture:
+        yield state
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield state
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if state["show"]:
+                log.seek(0)
+                sys.stderr.write(log.read()[-20_000:].decode("utf-8", "replace"))
+
+
 def run(config, folder: str, tokenizer_path: str, pad_token_id: int, num_shards, bytes_per_row: int,
         audit_settings: dict,
         runner: str = "DirectRunner", direct_num_workers: int = 1, extra_options=()) -> dict:
     """Run the pipeline to the end; the RESULTS it wrote, read and removed."""
     import apache_beam as beam
 
-    logging.getLogger("apache_beam").setLevel(logging.ERROR)  # its INFO/WARN lines drown the terminal
+    # Its INFO/WARN lines drown the terminal, and a worker's failure comes back as an ERROR
+    # log of Beam's worker traceback before the exception that this function turns into
+    # one line: the exception says it all.
+    logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
     options = pipeline_options(runner, direct_num_workers, list(extra_options))
     pipeline = beam.Pipeline(options=options)
     build(pipeline, config, folder, tokenizer_path, pad_token_id, num_shards, bytes_per_row, audit_settings)
-    try:
-        pipeline.run().wait_until_finish()
-    except Exception as e:  # a worker's UserError comes back wrapped in the runner's exception
-        text = str(e)
-        if _USER_ERROR_MARK in text:
-            raise UserError(text.split(_USER_ERROR_MARK, 1)[1].split("::end", 1)[0]) from None
-        raise
+    separate = runner == "DirectRunner" and direct_num_workers > 1
+    with _workers_stderr(separate) as captured:
+        try:
+            pipeline.run().wait_until_finish()
+        except Exception as e:  # a worker's UserError comes back wrapped in the runner's exception
+            text = str(e)
+            if _USER_ERROR_MARK in text:
+                raise UserError(text.split(_USER_ERROR_MARK, 1)[1].split("::end", 1)[0]) from None
+            captured["show"] = True  # not ours: what the workers printed may say why
+            raise
     path = filesystem.join(folder, RESULTS)
     answer = filesystem.read_json(path)
     filesystem.remove(path)

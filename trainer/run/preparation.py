@@ -23,7 +23,7 @@ from trainer.data import shards as shards_lib
 from trainer.data.shards import (DATA_FIELD_DEFAULTS, DATA_FIELDS, FORMAT, MANIFEST, SHARD_NAME, read_manifest,
                                  row_differences)
 from trainer.errors import UserError
-from trainer.run import beam_prepare, inputs
+from trainer.run import beam_prepare, inputs, local_prepare
 
 # The data audit of the doctor, run here because only this step reads the documents.
 DOCTOR_FILES = ("doctor.json", "doctor.md")
@@ -141,21 +141,24 @@ def _tokenizer_and_model_config(config, log):
 
 
 def _audit_findings(answer: dict, config, folder: str, manifest: dict, tokenizer) -> tuple[list, dict]:
-    """The pipeline's audit (on up to beam_prepare.AUDIT_DOCUMENTS documents), plus the label
+    """The pipeline's audit (on up to diagnosis.AUDIT_TEXT_BYTES of text), plus the label
     checks on the first training rows written, errors first."""
     result = answer["audit"]
     findings = [audit.Finding(**f) for f in result["findings"]]
     if result["sampled"] < result["documents"]:
-        findings.append(audit.Finding(
-            "size", "info", f"audited a uniform sample of {result['sampled']:,} of {result['documents']:,} training "
-            "documents", "The corpus checks read a sample chosen by each document's key; copies of a document are "
-            "sampled together, so the exact-duplicate rate is the corpus's. Counts and lengths in the manifest "
-            "are of every document.", "no change needed", {"sampled": result["sampled"],
-                                                            "documents": result["documents"]}))
+        findings.append(diagnosis.sample_finding(result["sampled"], result["documents"]))
     sample = shards_lib.read_blocks(folder, manifest, "train", max_rows=2000)
     findings += diagnosis.label_findings(sample, tokenizer.eos_token_id)
     findings.sort(key=lambda f: audit.SEVERITIES.index(f.severity))
     return findings, result["stats"]
+
+
+# Runners of trainer.prepare: "local" streams the pipeline's steps through local disk in
+# bounded memory (local_prepare.py); Beam's DirectRunner holds every step's output in
+# memory (~270 bytes a token measured, bench/prepare.md) and is for checking the Beam
+# graph on small data before a Dataflow job; DataflowRunner runs it on Google Cloud.
+LOCAL = "local"
+RUNNERS = (LOCAL, "DirectRunner", "DataflowRunner")
 
 
 def runner_options(config, runner: str, project=None, region=None, temp_location=None, sdk_container_image=None,
@@ -194,13 +197,14 @@ def runner_options(config, runner: str, project=None, region=None, temp_location
 
 
 def prepare_data(config, num_shards: int | None = None, log=reporting.say, overwrite: bool = False,
-                 runner: str = "DirectRunner", direct_num_workers: int | None = None,
+                 runner: str = LOCAL, direct_num_workers: int | None = None,
                  pipeline_options=()) -> dict:
     """Read, split, tokenize and pack once into config.data.prepared_dir with the Beam
-    pipeline of beam_prepare.py; returns the manifest.
+    pipeline of beam_prepare.py (or its steps streamed on this machine: local_prepare.py);
+    returns the manifest.
 
     num_shards: training shards (None = derived, see SHARD_BYTES); validation is
-    always derived. runner: "DirectRunner" runs on this machine in
+    always derived. runner: LOCAL and "DirectRunner" run on this machine in
     direct_num_workers processes (None or 1 = in this process); "DataflowRunner" with
     pipeline_options (--project, --region, --temp_location, --sdk_container_image)
     on Google Cloud. Nothing is removed until the settings are checked; the
@@ -243,17 +247,23 @@ def prepare_data(config, num_shards: int | None = None, log=reporting.say, overw
     for name in ours:  # the manifest first: the folder reads as incomplete until the new one lands
         filesystem.remove(filesystem.join(folder, name))
     workers = direct_num_workers or 1
-    log(f"Preparing {folder} with Beam's {runner}"
-        f"{f' in {workers} process(es)' if runner == 'DirectRunner' else ''} ...")
+    where = {LOCAL: "on this machine, streamed through its temp folder", "DirectRunner": "with Beam's DirectRunner",
+             "DataflowRunner": "with Beam's DataflowRunner"}[runner]
+    log(f"Preparing {folder} {where}{f' in {workers} process(es)' if runner != 'DataflowRunner' else ''} ...")
     width = config.data.block_size
     bytes_per_row = len(shards_lib.serialize_row(*np.zeros([3, width], np.int32))) + shards_lib.RECORD_FRAMING
     audit_settings = {"enabled": config.preflight != "off", "block_size": width,
                       "batching": settings.batching_of(config.data), "n_positions": model_config.n_positions,
-                      "seed": config.seed, "normalized": list(data_lib.parse_normalize(config.data.normalize))}
+                      "seed": config.seed, "normalized": list(data_lib.parse_normalize(config.data.normalize)),
+                      "text_separator": config.data.text_separator}
+    tokenizer_path = config.model.tokenizer or config.model.name_or_path
     try:
-        answer = beam_prepare.run(config, folder, config.model.tokenizer or config.model.name_or_path,
-                                  tokenizer.pad_token_id, num_shards, bytes_per_row, audit_settings, runner,
-                                  workers, pipeline_options)
+        if runner == LOCAL:
+            answer = local_prepare.run(config, folder, tokenizer_path, tokenizer.pad_token_id, num_shards,
+                                       bytes_per_row, audit_settings, workers)
+        else:
+            answer = beam_prepare.run(config, folder, tokenizer_path, tokenizer.pad_token_id, num_shards,
+                                      bytes_per_row, audit_settings, runner, workers, pipeline_options)
     except UserError:  # bad data or flags found mid-pipeline: leave the folder as it was before
         _clean(folder, created)
         raise
