@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= configs/local.py
 
 .PHONY: install train-local train-task test bench tensorboard clean docker-build docker-build-tpu docker-push \
-	docker-push-tpu docker-smoke
+	docker-push-tpu docker-smoke docker-build-dataflow docker-push-dataflow
 
 install: $(STAMP)
 
@@ -48,16 +48,26 @@ REPOSITORY ?= $(REGION)-docker.pkg.dev/$(PROJECT)/tunewell
 # Without a project (no gcloud yet) a build is tagged locally; a push needs the project.
 IMAGE ?= $(if $(PROJECT),$(REPOSITORY)/tunewell:latest,tunewell:local)
 TPU_IMAGE ?= $(if $(PROJECT),$(REPOSITORY)/tunewell-tpu:latest,tunewell-tpu:local)
+DATAFLOW_IMAGE ?= $(if $(PROJECT),$(REPOSITORY)/tunewell-dataflow:latest,tunewell-dataflow:local)
 DOCKER_BUILD_ARGS ?=
 # tensorflow-tpu stops at 2.20 on PyPI; libtpu 0.0.14 is the release its wheel names.
 TPU_BUILD_ARGS := --build-arg "TENSORFLOW_PACKAGES=tensorflow-tpu==2.20.0 libtpu==0.0.14" \
 	--build-arg "KERAS_PACKAGE=tf-keras==2.20.1"
 
 docker-build:
-	docker build -f deploy/Dockerfile -t $(IMAGE) $(DOCKER_BUILD_ARGS) .
+	docker build -f deploy/Dockerfile --target trainer -t $(IMAGE) $(DOCKER_BUILD_ARGS) .
 
 docker-build-tpu:
-	docker build -f deploy/Dockerfile -t $(TPU_IMAGE) $(TPU_BUILD_ARGS) $(DOCKER_BUILD_ARGS) .
+	docker build -f deploy/Dockerfile --target trainer -t $(TPU_IMAGE) $(TPU_BUILD_ARGS) $(DOCKER_BUILD_ARGS) .
+
+# Dataflow workers of trainer.prepare --runner=DataflowRunner (deploy/dataflow.py): CPU TensorFlow
+# is enough to tokenize and write TFRecords, and skips ~4.4 GB of CUDA wheels.
+docker-build-dataflow:
+	docker build -f deploy/Dockerfile --target dataflow -t $(DATAFLOW_IMAGE) \
+		--build-arg "TENSORFLOW_PACKAGES=tensorflow==2.21.*" $(DOCKER_BUILD_ARGS) .
+
+docker-push-dataflow:
+	$(MAKE) docker-push IMAGE=$(DATAFLOW_IMAGE)
 
 # Creates the Artifact Registry repository on first use and lets docker log in to it.
 docker-push:
