@@ -89,6 +89,26 @@ def test_rows_are_dealt_into_shards_of_equal_row_counts(prepared):
     assert len(manifest["splits"]["validation"]["shards"]) == 1
 
 
+def test_each_shard_is_a_sample_of_the_whole_corpus_not_a_slice_of_it(prepared):
+    """Shards were written in corpus order (shard 0 = the first documents), so a window
+    shuffle over a few shards mixed far less than the in-memory permutation. Now each
+    shard holds rows from the whole corpus, in no corpus order."""
+    import re
+
+    config, manifest, prep = prepared
+    paths = shards_lib.shard_paths(config.data.prepared_dir, manifest, "train")
+    documents = len(prep.documents.train) + len(prep.documents.validation)  # "Note 0." ... "Note 239."
+    import tensorflow as tf
+
+    for path in paths[:4]:
+        rows = [r["input_ids"].numpy() for r in tf.data.TFRecordDataset(path).map(
+            lambda record: shards_lib.parse_example(record, 32))]
+        notes = [int(n) for row in rows for n in re.findall(r"Note (\d+)\.", prep.tokenizer.decode(row))]
+        assert notes, path
+        assert min(notes) < 0.25 * documents and max(notes) > 0.75 * documents, (path, sorted(notes))
+        assert notes != sorted(notes), path
+
+
 def test_parse_example_gives_static_shapes_for_tf_data(prepared):
     import tensorflow as tf
 
