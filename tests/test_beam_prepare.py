@@ -133,3 +133,14 @@ def test_the_dataflow_launcher_prints_the_prepare_command_it_runs():
                            timeout=120)
     assert local.returncode == 2 and "--config.data.train_files=data/x.jsonl" in local.stderr
     assert "gs://" in local.stderr
+
+
+def test_a_corpus_too_small_for_one_row_leaves_no_folder(tmp_path, tiny_model_dir):
+    """Found only once the pipeline has written its shards: the error names the block size, and
+    the folder it made is gone (a later run must not read half a preparation)."""
+    path = write_jsonl(tmp_path / "tiny.jsonl", ["One note.", "Two notes.", "Three notes here."])
+    config = small_config(tmp_path / "run", path, tiny_model_dir, **{
+        "data.prepared_dir": str(tmp_path / "prepared"), "data.block_size": 64, "data.batching": "packed"})
+    with pytest.raises(UserError, match="make no row of 64 tokens.*--config.data.block_size"):
+        preparation.prepare_data(config, log=quiet)
+    assert not (tmp_path / "prepared").exists()

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, write_shards
 from trainer import filesystem
 from trainer.data import pipeline, shards as shards_lib
 from trainer.data.blocks import Blocks
@@ -32,7 +32,7 @@ def write_folder(folder, rows: int, num_shards: int, manifest_rows=None) -> pipe
     os.makedirs(folder, exist_ok=True)
     ids = np.repeat(np.arange(rows, dtype=np.int32)[:, None], BLOCK, axis=1)
     blocks = Blocks(ids, np.ones_like(ids), ids, documents=rows, tokens=rows * BLOCK)
-    shards = shards_lib.write_split(blocks, str(folder), "train", num_shards)
+    shards = write_shards(blocks, str(folder), "train", num_shards)
     if manifest_rows:
         shards = [{**s, "rows": n} for s, n in zip(shards, manifest_rows)]
     filesystem.write_json(os.path.join(folder, shards_lib.MANIFEST), {

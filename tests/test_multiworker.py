@@ -287,11 +287,11 @@ def test_two_workers_on_shards_train_on_the_global_batches_of_one_device(tmp_pat
     """100 rows in 16 shards: 12 steps an epoch of 8 rows; steps 10 .. 14, through the epoch's end."""
     import numpy as np
 
-    from trainer.data import blocks, shards
+    from tests.conftest import write_shards
+    from trainer.data import blocks
 
     ids = np.random.default_rng(0).integers(1, 300, [100, 16]).astype(np.int32)
-    shards.write_split(blocks.Blocks(ids, np.ones_like(ids), ids, documents=100, tokens=1600), str(tmp_path),
-                       "train", 16)
+    write_shards(blocks.Blocks(ids, np.ones_like(ids), ids, documents=100, tokens=1600), str(tmp_path), "train", 16)
     args = [sys.executable, "-c", SHARD_STEPS, tiny_model_dir, str(tmp_path)]
     one = subprocess.run([*args, "one_device", "100"], cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
     assert one.returncode == 0, one.stderr[-3000:]

@@ -34,7 +34,7 @@ from trainer.run import inspection, preparation
 flags.DEFINE_integer("shards", None, "Training shards; default: ~64 MB each and at least min(16, rows). "
                      "Validation shards are always derived.")
 flags.DEFINE_bool("overwrite", False, "Replace a folder prepared with other settings.")
-flags.DEFINE_enum("runner", "local", ["local", "DirectRunner", "DataflowRunner"],
+flags.DEFINE_enum("runner", preparation.LOCAL, preparation.RUNNERS,
                   "local: the pipeline's steps on this machine, streamed through its temp folder in bounded "
                   "memory; DirectRunner: Beam's own local runner, which holds each step's output in memory "
                   "(small data: to check the Beam graph before a Dataflow job); DataflowRunner: Google Cloud "
@@ -45,8 +45,9 @@ flags.DEFINE_integer("direct_num_workers", 0, "Processes on this machine (local 
 flags.DEFINE_string("project", None, "DataflowRunner: Google Cloud project.")
 flags.DEFINE_string("region", None, "DataflowRunner: region of the job, e.g. us-central1 (near the bucket).")
 flags.DEFINE_string("temp_location", None, "DataflowRunner: gs:// folder for Dataflow's staging and temp files.")
-flags.DEFINE_string("sdk_container_image", None, "DataflowRunner: the project's image (deploy/Dockerfile, "
-                    "make docker-build docker-push), so workers run this package with its pinned versions.")
+flags.DEFINE_string("sdk_container_image", None, "DataflowRunner: the project's Dataflow image (deploy/Dockerfile's "
+                    "dataflow target: make docker-build-dataflow docker-push-dataflow), so workers run this package "
+                    "with its pinned versions.")
 flags.DEFINE_integer("max_num_workers", None, "DataflowRunner: the most workers autoscaling may start.")
 flags.DEFINE_multi_string("beam_option", [], "Any other Beam pipeline option, repeated, e.g. "
                           "--beam_option=--machine_type=n2-standard-8.")

@@ -2,11 +2,11 @@
 
 The path a corpus takes, one module a step:
 
-    files --read.read_documents--> documents (str)            read.py
-          --read.split_documents--> train / validation documents (before any packing)
+    files --read.file_documents--> documents (str), streamed    read.py
+          --keys.split_documents--> train / validation documents (before any packing)    keys.py
           --tokens.tokenize--> token ids per document, EOS appended    tokens.py
-          --blocks.pack_blocks | pad_blocks--> Blocks: [rows, block_size] int32    blocks.py
-          --shards.write_split--> TFRecord shards (trainer.prepare)    shards.py
+          --blocks.group_rows--> Blocks: [rows, block_size] int32, per packing group    blocks.py
+          --shards.serialize_row--> TFRecord shards (trainer.prepare)    shards.py
           --pipeline.train_dataset | eval_dataset--> tf.data, static shapes    pipeline.py
 
 This package imports only the foundation (settings, filesystem, errors): the
@@ -21,6 +21,6 @@ from trainer.data.pipeline import (Shards, distributed_eval_data, distributed_tr
                                    eval_dataset, filled_rows, train_dataset, train_order)
 from trainer.data.read import (BLANK_LINES, HORIZONTAL_SPACE, Documents, expand_files, iter_records,
                                file_documents, file_examples, load_documents, normalize_text, parse_normalize,
-                               read_documents, read_examples,
-                               split_documents)
+                               read_documents, read_examples)
+from trainer.data.keys import split_documents
 from trainer.data.tokens import encode_batch, encode_examples, tokenize, tokenize_examples, tokenizer_hash

@@ -6,6 +6,7 @@ loss (trainer/training/steps.py) shifts them once."""
 
 import dataclasses
 import hashlib
+import itertools
 
 import numpy as np
 
@@ -216,15 +217,10 @@ def make_blocks(documents, tokenizer, data_config, desc, keep_tail=False, *, see
     groups = 1 if keep_tail else keys.group_count(total)
     placed = sorted((keys.group_of(k, groups), k, i) for i, k in
                     enumerate(keys.document_key(d, seed) for d in documents))
-    parts, start = [], 0
     batching = settings.batching_of(data_config)
-    while start < len(placed):
-        stop = start
-        while stop < len(placed) and placed[stop][0] == placed[start][0]:
-            stop += 1
-        parts.append(group_rows([items[i] for _, _, i in placed[start:stop]], data_config.block_size, batching,
-                                tokenizer.pad_token_id, keep_tail))
-        start = stop
+    parts = [group_rows([items[i] for _, _, i in members], data_config.block_size, batching, tokenizer.pad_token_id,
+                        keep_tail)
+             for _, members in itertools.groupby(placed, key=lambda p: p[0])]
     if not parts:
         parts = [group_rows([], data_config.block_size, batching, tokenizer.pad_token_id, keep_tail)]
     return concat_blocks(parts, data_config.block_size)

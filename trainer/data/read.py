@@ -10,10 +10,9 @@ import re
 import unicodedata
 from typing import Iterator
 
-import numpy as np
 
 from trainer import filesystem, settings
-from trainer.data import keys
+from trainer.data.keys import split_documents
 from trainer.errors import UserError
 
 
@@ -390,11 +389,6 @@ class Documents:
     validation_source: str  # "files", "split" or "prepared"
     train_pairs: list[tuple[str, str]] | None = None
     validation_pairs: list[tuple[str, str]] | None = None
-
-
-def split_documents(documents: list, fraction: float, max_examples: int, seed: int):
-    """Whole documents held out for validation before packing, by their keys (data/keys.py)."""
-    return keys.split_documents(documents, fraction, max_examples, seed)
 
 
 def load_documents(data_config, seed: int, log=None) -> Documents:

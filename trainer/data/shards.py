@@ -184,34 +184,6 @@ def serialize_row(input_ids, attention_mask, labels) -> bytes:
     # every process (the fingerprint hashes the records)
 
 
-def _serialize(blocks: Blocks, row: int) -> bytes:
-    return serialize_row(blocks.input_ids[row], blocks.attention_mask[row], blocks.labels[row])
-
-
-def row_bytes(blocks: Blocks) -> int:
-    """Bytes one row takes in a shard: every row has the same size (fixed-length values)."""
-    return len(_serialize(blocks, 0)) + RECORD_FRAMING if blocks.rows else 0
-
-
 def shard_count(rows: int, bytes_per_row: int, minimum: int) -> int:
     """About SHARD_BYTES a shard, and at least min(minimum, rows) shards (see SHARD_BYTES)."""
     return max(1, math.ceil(rows * bytes_per_row / SHARD_BYTES), min(minimum, rows))
-
-
-def write_split(blocks: Blocks, prepared_dir: str, split: str, num_shards: int) -> list[dict]:
-    """Rows in order, dealt into num_shards contiguous runs; [{"file", "rows"}] per shard."""
-    import tensorflow as tf
-    from tqdm.auto import tqdm
-
-    n = blocks.rows
-    shards = []
-    with tqdm(total=n, unit="row", desc=f"Writing {split}", dynamic_ncols=True) as bar:
-        for i in range(num_shards):
-            start, stop = i * n // num_shards, (i + 1) * n // num_shards
-            name = shard_name(split, i, num_shards)
-            with tf.io.TFRecordWriter(filesystem.join(prepared_dir, name)) as writer:
-                for row in range(start, stop):
-                    writer.write(_serialize(blocks, row))
-            bar.update(stop - start)
-            shards.append({"file": name, "rows": stop - start})
-    return shards

@@ -20,6 +20,7 @@ tokens) or one shard (about 64 MB) at a time.
 
 import collections
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -90,8 +91,25 @@ def item_tokens(item) -> int:
     return len(item[0]) + len(item[1]) if isinstance(item, tuple) else len(item)
 
 
-def _row_record(ids, mask, labels) -> bytes:
-    return shards_lib.serialize_row(ids, mask, labels)
+def encode_items(documents: list, tokenizer, pairs: bool) -> list:
+    """Token ids per text (EOS appended), or (prompt ids, completion ids) per pair: what the
+    packing groups hold, on every runner."""
+    if pairs:
+        return data_lib.encode_examples(documents, tokenizer)
+    return [np.asarray(ids, np.int32) for ids in data_lib.encode_batch(documents, tokenizer)]
+
+
+def pack_group(keyed_items, block_size: int, batching: str, pad_token_id: int, keep_tail: bool):
+    """The rows of one packing group, its documents in key order (a seeded shuffle)."""
+    items = sorted(keyed_items, key=lambda kv: kv[0])
+    return data_lib.group_rows([item for _, item in items], block_size, batching, pad_token_id, keep_tail)
+
+
+def group_records(blocks, seed: int, split: str, group: int):
+    """(index in the group, row key, serialized row) of each row of a packed group."""
+    for index in range(blocks.rows):
+        yield index, keys.row_key(seed, split, group, index), shards_lib.serialize_row(
+            blocks.input_ids[index], blocks.attention_mask[index], blocks.labels[index])
 
 
 def stats_of(blocks) -> dict:
@@ -160,14 +178,8 @@ def build(pipeline, config, folder: str, tokenizer_path: str, pad_token_id: int,
             self.tokenizer = model_lib.load_tokenizer(tokenizer_path, add_tokens, log=lambda m: None)
 
         def process(self, batch):
-            documents = [d for _, d in batch]
-            if pairs:
-                encoded = data_lib.encode_examples(documents, self.tokenizer)
-            else:
-                encoded = [np.asarray(ids, np.int32) for ids in
-                           data_lib.encode_batch(documents, self.tokenizer)]
-            for (key, _), ids in zip(batch, encoded):
-                yield key, ids
+            for (key, _), item in zip(batch, encode_items([d for _, d in batch], self.tokenizer, pairs)):
+                yield key, item
 
     def read(label, spec, flag):
         files = data_lib.expand_files(spec, flag)
@@ -210,14 +222,11 @@ def build(pipeline, config, folder: str, tokenizer_path: str, pad_token_id: int,
 
         def rows_of_group(group_items, split=split, keep_tail=keep_tail):
             group, items = group_items
-            items = sorted(items, key=lambda kv: kv[0])  # documents in key order: a seeded shuffle
-            blocks = data_lib.group_rows([item for _, item in items], block_size, batching,
-                                         pad_token_id, keep_tail)
+            blocks = pack_group(items, block_size, batching, pad_token_id, keep_tail)
             yield beam.pvalue.TaggedOutput("stats", stats_of(blocks))
             yield beam.pvalue.TaggedOutput("rows_per_group", (group, blocks.rows))
-            for index in range(blocks.rows):
-                yield ((group, index),
-                       _row_record(blocks.input_ids[index], blocks.attention_mask[index], blocks.labels[index]))
+            for index, key, record in group_records(blocks, seed, split, group):
+                yield (group, index), (key, record)
 
         made = (tokenized
                 | f"{label} assign groups" >> beam.Map(assign, beam.pvalue.AsSingleton(total))
@@ -226,7 +235,7 @@ def build(pipeline, config, folder: str, tokenizer_path: str, pad_token_id: int,
                                                                               main="rows"))
         rows = made.rows
         stats = made.stats | f"{label} stats" >> beam.CombineGlobally(
-            lambda parts: _reduce(parts, add_stats, {}))
+            lambda parts: functools.reduce(add_stats, parts, {}))
         # Each group's first row in the split's row numbering (groups in order): a small
         # table, one entry per group (596 at 2.5B tokens), that every worker gets whole.
         offsets = (made.rows_per_group | f"{label} rows per group" >> beam.combiners.ToList()
@@ -246,11 +255,11 @@ def build(pipeline, config, folder: str, tokenizer_path: str, pad_token_id: int,
             # A retried bundle rewrites the file whole.
             return write_shard_file(folder, split, index, count, [record for _, record in sorted(keyed_records)])
 
-        def deal(row, table, count, split=split):
+        def deal(row, table, count):
             """Row number r goes to shard r % count: every shard gets floor or ceil of rows / count
             (equal row counts); inside its shard a row's place is its seeded row key."""
-            (group, index), record = row
-            return (table["offsets"][group] + index) % count, (keys.row_key(seed, split, group, index), record)
+            (group, index), keyed_record = row
+            return (table["offsets"][group] + index) % count, keyed_record
 
         written = (rows
                    | f"{label} assign shards" >> beam.Map(deal, beam.pvalue.AsSingleton(offsets),
@@ -306,13 +315,6 @@ def _group_offsets(rows_per_group) -> dict:
         offsets[group] = total
         total += rows
     return {"offsets": offsets, "rows": total}
-
-
-def _reduce(parts, add, start):
-    total = start
-    for part in parts:
-        total = add(total, part)
-    return total
 
 
 def shards_for(split: str, rows_total: int, num_shards, bytes_per_row: int) -> int:

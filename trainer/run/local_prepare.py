@@ -25,7 +25,6 @@ there; the prepared folder itself has no manifest then and is redone).
 """
 
 import collections
-import hashlib
 import heapq
 import os
 import struct
@@ -35,11 +34,9 @@ import numpy as np
 
 from trainer import data as data_lib
 from trainer import diagnosis
-from trainer import filesystem
 from trainer import model as model_lib
 from trainer import settings
 from trainer.data import keys
-from trainer.data import shards as shards_lib
 from trainer.run import beam_prepare
 
 # Documents sent to a tokenizer process at once (and tokenized in one call), and batches
@@ -100,12 +97,7 @@ def _start_tokenizer(path: str, add_tokens: str) -> None:
 
 def _tokenize(batch: list, pairs: bool) -> list:
     """[(key, document, split)] -> [(key, split, ids or (prompt ids, completion ids))]."""
-    tokenizer = _TOKENIZER["tokenizer"]
-    documents = [document for _, document, _ in batch]
-    if pairs:
-        encoded = data_lib.encode_examples(documents, tokenizer)
-    else:
-        encoded = [np.asarray(ids, np.int32) for ids in data_lib.encode_batch(documents, tokenizer)]
+    encoded = beam_prepare.encode_items([document for _, document, _ in batch], _TOKENIZER["tokenizer"], pairs)
     return [(key, split, item) for (key, _, split), item in zip(batch, encoded)]
 
 
@@ -266,18 +258,14 @@ def _rows_and_shards(split, tokens_path, total_tokens, spill, folder, seed, bloc
         os.remove(tokens_path)
 
     # Pass 3: pack each group in group order, rows numbered across groups.
-    stats, lengths, row_spills, rows_total = {}, collections.Counter(), [], 0
+    stats, row_spills, rows_total = {}, [], 0
     for group, path in enumerate(group_paths):
-        items = sorted(_read_items(path), key=lambda kv: kv[0])
-        blocks = data_lib.group_rows([item for _, item in items], block_size, batching, pad_token_id, keep_tail)
-        del items
+        blocks = beam_prepare.pack_group(_read_items(path), block_size, batching, pad_token_id, keep_tail)
         stats = beam_prepare.add_stats(stats, beam_prepare.stats_of(blocks))
-        lengths.update(blocks.document_lengths.tolist())
         row_path = path + ".rows"
         with open(row_path, "wb") as f:
-            for index in range(blocks.rows):
-                _write_record(f, keys.row_key(seed, split, group, index), shards_lib.serialize_row(
-                    blocks.input_ids[index], blocks.attention_mask[index], blocks.labels[index]))
+            for _, key, record in beam_prepare.group_records(blocks, seed, split, group):
+                _write_record(f, key, record)
         row_spills.append(row_path)
         rows_total += blocks.rows
         os.remove(path)
@@ -301,4 +289,4 @@ def _rows_and_shards(split, tokens_path, total_tokens, spill, folder, seed, bloc
         records = [record for _, record in sorted(_read_records(path), key=lambda kr: kr[0])]
         shards.append(beam_prepare.write_shard_file(folder, split, index, count, records))
         os.remove(path)
-    return beam_prepare.split_answer(stats, lengths, shards)
+    return beam_prepare.split_answer(stats, stats.get("lengths", collections.Counter()), shards)

@@ -140,7 +140,7 @@ def _tokenizer_and_model_config(config, log):
     return inputs.tokenizer_and_model_config(config, documents, log)
 
 
-def _audit_findings(answer: dict, config, folder: str, manifest: dict, tokenizer) -> tuple[list, dict]:
+def _audit_findings(answer: dict, folder: str, manifest: dict, tokenizer) -> tuple[list, dict]:
     """The pipeline's audit (on up to diagnosis.AUDIT_TEXT_BYTES of text), plus the label
     checks on the first training rows written, errors first."""
     result = answer["audit"]
@@ -170,14 +170,14 @@ def runner_options(config, runner: str, project=None, region=None, temp_location
     if runner != "DataflowRunner":
         named = [flag for flag, value in given.items() if value] + (["--max_num_workers"] if max_num_workers else [])
         if named:
-            raise UserError(f"{', '.join(named)} only apply with --runner=DataflowRunner; the DirectRunner runs on "
-                            "this machine (--direct_num_workers processes).")
+            raise UserError(f"{', '.join(named)} only apply with --runner=DataflowRunner; --runner={runner} runs "
+                            "on this machine (--direct_num_workers processes).")
         return list(extra)
     missing = [flag for flag, value in given.items() if not value]
     if missing:
         raise UserError(f"--runner=DataflowRunner needs {', '.join(missing)}: e.g. --project=my-project "
                         "--region=us-central1 --temp_location=gs://BUCKET/tmp "
-                        "--sdk_container_image=us-central1-docker.pkg.dev/my-project/tunewell/tunewell:latest "
+                        "--sdk_container_image=us-central1-docker.pkg.dev/my-project/tunewell/tunewell-dataflow:latest "
                         "(README \"Prepared data\"; deploy/dataflow.py fills them in).")
     paths = {"--temp_location": temp_location, "--config.data.prepared_dir": config.data.prepared_dir,
              "--config.data.train_files": config.data.train_files,
@@ -264,6 +264,10 @@ def prepare_data(config, num_shards: int | None = None, log=reporting.say, overw
         else:
             answer = beam_prepare.run(config, folder, tokenizer_path, tokenizer.pad_token_id, num_shards,
                                       bytes_per_row, audit_settings, runner, workers, pipeline_options)
+        for split in ("train", "validation"):
+            if not answer[split]["stats"]["rows"]:
+                raise UserError(f"The {split} documents of {config.data.train_files} make no row of "
+                                f"{width} tokens. Add data, or lower --config.data.block_size.")
     except UserError:  # bad data or flags found mid-pipeline: leave the folder as it was before
         _clean(folder, created)
         raise
@@ -274,10 +278,6 @@ def prepare_data(config, num_shards: int | None = None, log=reporting.say, overw
                       "stats": answer[split]["stats"],
                       "bytes": sum(s["rows"] for s in answer[split]["shards"]) * bytes_per_row}
               for split in ("train", "validation")}
-    for split in ("train", "validation"):
-        if splits[split]["rows"] == 0:
-            raise UserError(f"The {split} documents of {config.data.train_files} make no row of "
-                            f"{width} tokens. Add data, or lower --config.data.block_size.")
     fingerprint = {"train_rows": splits["train"]["rows"], "train_tokens": splits["train"]["stats"]["tokens"],
                    "validation_rows": splits["validation"]["rows"],
                    "validation_tokens": splits["validation"]["stats"]["tokens"],
@@ -286,7 +286,7 @@ def prepare_data(config, num_shards: int | None = None, log=reporting.say, overw
     manifest = {**wanted, "splits": splits, "data_fingerprint": fingerprint,
                 "document_lengths_train": answer["train"]["lengths"]}
     if config.preflight != "off":
-        findings, audit_stats = _audit_findings(answer, config, folder, manifest, tokenizer)
+        findings, audit_stats = _audit_findings(answer, folder, manifest, tokenizer)
         log(diagnosis.terminal_summary(findings))
         diagnosis.write_outputs(findings, audit_stats, folder)
     filesystem.write_json(filesystem.join(folder, MANIFEST), manifest)  # last: its presence means complete
