@@ -20,7 +20,6 @@ of the pipe and prints it.
 
 import logging
 import os
-import re
 import subprocess
 import sys
 
