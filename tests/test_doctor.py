@@ -164,8 +164,10 @@ def test_doctor_cli_writes_its_files_and_exits_on_errors(tmp_path, corpus_file, 
 
 
 def test_diagnosis_overfit_names_the_best_step(tmp_path, corpus_file, tiny_model_dir):
+    """No early stopping: the run goes on well past the turn (with early stopping a small rise
+    after the turn is the recipe working: test_diagnosis_of_curves)."""
     config = small_config(tmp_path / "out", corpus_file, tiny_model_dir, **{
-        "train.epochs": 40, "train.eval_every_steps": 4, "train.early_stopping_patience": 3,
+        "train.epochs": 40, "train.eval_every_steps": 4, "train.early_stopping_patience": 0,
         "optim.learning_rate": 1e-2, "data.validation_fraction": 0.5, "train.batch_size": 4})
     report = train.train_and_evaluate(config, log=quiet)
     top = report["diagnosis"][0]
@@ -173,6 +175,34 @@ def test_diagnosis_overfit_names_the_best_step(tmp_path, corpus_file, tiny_model
     assert f"step {report['best_step']}" in top["summary"] and report["best_step"] < report["steps"]
     assert "curves.png" in open(os.path.join(config.output_dir, "report.md")).read()
     assert os.path.getsize(os.path.join(config.output_dir, "curves.png")) > 1000
+
+
+def _curve_report(val_losses, stopped_early, every=10):
+    """A report.json shape for diagnose(): validation every `every` steps, training loss falling."""
+    val = [{"step": i * every, "loss": loss} for i, loss in enumerate(val_losses)]
+    best = min(val, key=lambda p: p["loss"])
+    steps = val[-1]["step"]
+    return {"history": {"validation": val, "train": [{"step": s, "loss": 4.0 - s / 100} for s in range(1, steps + 1)]},
+            "initial_val_loss": val[0]["loss"], "best_val_loss": best["loss"], "last_val_loss": val[-1]["loss"],
+            "best_step": best["step"], "steps": steps, "stopped_early": stopped_early}
+
+
+@pytest.mark.parametrize("losses, stopped_early, label", [
+    # Early stopping three evaluations after the turn, validation up 1.6%: the recipe worked.
+    ([3.6, 3.2, 3.05, 3.0, 3.02, 3.03, 3.05], True, diagnosis.HEALTHY),
+    # The same turn, but the run was not stopped (patience 0) and went on: overfit, fewer epochs.
+    ([3.6, 3.2, 3.05, 3.0, 3.02, 3.03, 3.05, 3.1, 3.2], False, diagnosis.OVERFIT),
+    # Stopped early after a fast turn, +8% in three evaluations: still overfit.
+    ([3.6, 3.2, 3.0, 3.1, 3.2, 3.24], True, diagnosis.OVERFIT),
+    # Still falling at the last evaluation of the plan.
+    ([3.6, 3.3, 3.2, 3.1, 3.05], False, diagnosis.UNDERFIT),
+])
+def test_diagnosis_of_curves(losses, stopped_early, label):
+    findings = diagnosis.diagnose(_curve_report(losses, stopped_early), 1e-4, 1e-4, steps_per_epoch=20,
+                                  epochs_planned=3)
+    assert findings[0]["label"] == label, findings[0]
+    if label == diagnosis.HEALTHY:
+        assert findings[0]["next"] == [] and "early stopping ended the run at step 60" in findings[0]["summary"]
 
 
 def test_diagnosis_huge_learning_rate(tmp_path, corpus_file, tiny_model_dir):

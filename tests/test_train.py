@@ -265,3 +265,50 @@ def test_the_train_loop_has_no_loop_nested_in_it(tiny_model_dir):
     graph = loop.get_concrete_function(iterator, tf.constant(2), tf.constant(0.0)).graph.as_graph_def()
     ops = [node.op for node in graph.node] + [node.op for f in graph.library.function for node in f.node_def]
     assert sum(op in ("While", "StatelessWhile") for op in ops) == 1, sorted(set(ops))
+
+
+def test_the_end_shows_base_and_fine_tuned_side_by_side(finished_run):
+    config, report = finished_run
+    comparison = report["comparison"]
+    assert comparison["base_perplexity"] == report["initial_val_perplexity"]
+    assert comparison["tuned_perplexity"] == report["final_val_perplexity"]
+    assert len(comparison["samples"]) == config.eval.num_prompts
+    for sample in comparison["samples"]:
+        assert sample["base"] is not None and sample["tuned"] is not None  # base recorded at step 0
+    from trainer import reporting
+
+    lines = reporting.summary_lines(report)
+    # The comparison closes the summary: its head line, then per prompt the prompt, base, fine-tuned.
+    assert lines[-3 * len(comparison["samples"]) - 1].startswith("Base model -> fine-tuned")
+    assert lines[-2].lstrip().startswith("base:") and lines[-1].lstrip().startswith("fine-tuned:")
+    card = open(os.path.join(config.output_dir, "report.md")).read()
+    assert "## Base model and fine-tuned model" in card and "| prompt | base model | fine-tuned |" in card
+
+
+def test_the_shipped_base_model_loads_into_float32_as_any_checkpoint():
+    """data/pretrained/tunewell-base: float16 on disk (half the bytes), float32 once loaded."""
+    import h5py
+    import tensorflow as tf
+
+    from tests.conftest import ROOT
+
+    folder = os.path.join(ROOT, "data", "pretrained", "tunewell-base")
+    with h5py.File(os.path.join(folder, "tf_model.h5")) as f:
+        dtypes = set()
+        f.visititems(lambda name, obj: dtypes.add(str(obj.dtype)) if isinstance(obj, h5py.Dataset) else None)
+    assert dtypes == {"float16"}
+    from transformers import AutoTokenizer
+
+    model, _ = model_lib.load_model(folder, log=quiet)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert all(w.dtype == tf.float32 for w in model.weights)
+    assert model_lib.count_parameters(model) == 5_322_240 and len(tokenizer) == 8192
+    card = json.load(open(os.path.join(folder, "build.json")))
+    assert card["held_out_loss"] < 4.5 and card["licence"].startswith("PSF")
+    # It has learnt English: a common phrase is far likelier than under a uniform guess (ln 8192 = 9.0).
+    ids = tokenizer("The function returns a list of the values in the order they were added.",
+                    return_tensors="tf")["input_ids"]
+    logits = model(ids, training=False).logits[:, :-1]
+    loss = float(tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(ids[:, 1:], logits,
+                                                                                from_logits=True)))
+    assert loss < 5.0, loss

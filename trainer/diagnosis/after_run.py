@@ -13,6 +13,13 @@ HEALTHY, OVERFIT, UNDERFIT, LR_TOO_HIGH, LR_TOO_LOW, NOT_LEARNING, DATA, TRUNCAT
     "data_too_small_or_repetitive", "truncation_or_masking")
 
 
+# Early stopping ends a run a few evaluations (the patience) after validation turns:
+# that is the recipe working, not overfitting, as long as the loss rose only a little
+# in those evaluations. A rise of more than 5% of the best loss in so few steps (e.g.
+# 3.00 -> 3.15+) is a fast turn: the run overfits, and the next config says so.
+EARLY_STOP_RISE = 0.05
+
+
 def _finding(label, summary, evidence, next_overrides, severity="warning"):
     return {"label": label, "severity": severity, "summary": summary, "evidence": evidence,
             "next": next_overrides}
@@ -57,7 +64,8 @@ def diagnose(report: dict, learning_rate: float, derived_learning_rate: float, s
                 NOT_LEARNING, f"Not learning: validation loss improved only {100 * gain:.2f}% over the base "
                 "model. Check the data (doctor) and the labels; try a higher learning rate.", evidence,
                 [f"--config.optim.learning_rate={min(learning_rate * 3, 1e-3):.2g}"], "error"))
-    elif best_step < steps and last > best + 0.01 and train_last < train_first:
+    elif best_step < steps and last > best + 0.01 and train_last < train_first and not (
+            report["stopped_early"] and last <= best * (1 + EARLY_STOP_RISE)):
         best_epoch = best_step / steps_per_epoch
         out.append(_finding(
             OVERFIT, f"Overfit: validation loss bottomed at step {best_step} (epoch {best_epoch:.1f}) at "
@@ -71,6 +79,11 @@ def diagnose(report: dict, learning_rate: float, derived_learning_rate: float, s
             f"({best:.3f}); more training would likely help.", evidence,
             [f"--config.train.epochs={epochs_planned * 2}",
              f"--config.optim.learning_rate={learning_rate * 2:.2g}"], "info"))
+    elif report["stopped_early"]:
+        out.append(_finding(
+            HEALTHY, f"Healthy: validation loss {initial:.3f} -> {best:.3f} ({100 * gain:.1f}% lower). It turned "
+            f"after step {best_step} (epoch {best_step / steps_per_epoch:.1f}); early stopping ended the run at "
+            f"step {steps} and the export holds step {best_step}'s weights.", evidence, [], "info"))
     else:
         out.append(_finding(
             HEALTHY, f"Healthy: validation loss {initial:.3f} -> {best:.3f} ({100 * gain:.1f}% lower), best at "

@@ -16,6 +16,22 @@ def summary_lines(report: dict) -> list[str]:
         f"Best model exported to {report['export_dir']} (PyTorch copy: {report['export_pytorch_dir']}).",
         f"Report: {report['report_path']}; curves: make tensorboard (logs in {report['logs_dir']}).",
     ]
+    return lines + comparison_lines(report.get("comparison"))
+
+
+def comparison_lines(comparison: dict | None, width: int = 100) -> list[str]:
+    """The base model and the fine-tuned one side by side, for the terminal: each prompt
+    with both continuations (same seed and sampler), cut to one line each."""
+    if not comparison or not comparison.get("samples"):
+        return []
+    lines = [f"Base model -> fine-tuned: validation perplexity {comparison['base_perplexity']:,.1f} -> "
+             f"{comparison['tuned_perplexity']:,.1f}. Same prompts, same seed:"]
+    for sample in comparison["samples"]:
+        lines.append(f"  {sample['prompt']!r}")
+        for name, text in (("base", sample["base"]), ("fine-tuned", sample["tuned"])):
+            text = " ".join((text or "(not recorded: the run began before this was kept)").split())
+            text = text if len(text) <= width else text[:width - 3].rstrip() + "..."
+            lines.append(f"    {name + ':':<12}{sample['prompt']} {text}")
     return lines
 
 
@@ -41,6 +57,11 @@ def plot_curves(report: dict, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, format="png")  # path may be a temporary name without .png
     plt.close(fig)
+
+
+def _cell(text: str) -> str:
+    """Text that stays in one Markdown table cell."""
+    return " ".join(text.split()).replace("|", "\\|")
 
 
 def write_report_card(output_dir: str, report: dict, config: dict, findings) -> str:
@@ -77,6 +98,16 @@ def write_report_card(output_dir: str, report: dict, config: dict, findings) -> 
         lines += ["## Review sheet", "", f"Rate the blinded outputs in `{report['review']['html']}` (fill "
                   f"`{report['review']['sheet']}`'s preferred column), then `python -m trainer.review "
                   f"--run={output_dir} --ratings=review.csv`.", ""]
+    comparison = report.get("comparison")
+    if comparison and comparison.get("samples"):
+        lines += ["## Base model and fine-tuned model", "",
+                  f"Validation perplexity {comparison['base_perplexity']:,.1f} (base) -> "
+                  f"{comparison['tuned_perplexity']:,.1f} (exported). Continuations of the same prompts, same "
+                  "seed and sampler (top-p 0.9, temperature 0.8):", "",
+                  "| prompt | base model | fine-tuned |", "|---|---|---|"]
+        lines += [f"| {_cell(s['prompt'])} | {_cell(s['base'] or '(not recorded)')} | {_cell(s['tuned'])} |"
+                  for s in comparison["samples"]]
+        lines += [""]
     lines += ["## Data audit", ""]
     lines += [f"- {f.severity}: [{f.check}] {f.figure}" + (f" - fix: {f.fix}" if f.severity != "info" else "")
               for f in findings] or ["- (pre-flight off)"]

@@ -29,6 +29,7 @@ def finish(launch: Launch, devices: Devices, prep: Prepared, outputs: Outputs, b
     review_paths = _review_sheet(config, loop) if config.eval.review_examples and loop.review_prompts else {}
     report = _report(launch, devices, prep, outputs, built, loop, step, best_step)
     report["review"] = review_paths
+    report["comparison"] = _comparison(config, loop, report)
     report["monitors"] = sorted(loop.state["monitors"])
     report["samples"] = loop.state["samples"]
     with timings.part("report"):
@@ -42,6 +43,18 @@ def finish(launch: Launch, devices: Devices, prep: Prepared, outputs: Outputs, b
         log(f"Diagnosis [{item['label']}]: {item['summary']}"
             + (f" Next: {' '.join(item['next'])}" if item["next"] else ""))
     return report
+
+
+def _comparison(config, loop: Loop, report: dict) -> dict:
+    """The base model against the exported one: validation perplexity, and each model's
+    continuation of the evaluation prompts (same seed, same sampler) side by side."""
+    base = {s["prompt"]: s["completion"] for s in loop.state["base_samples"]}
+    with loop.launch.timings.part("generation"):
+        tuned = model_lib.sample_generations(loop.built.model, loop.prep.tokenizer, loop.prompts,
+                                             config.eval.max_new_tokens, config.seed)
+    return {"base_perplexity": report["initial_val_perplexity"], "tuned_perplexity": report["final_val_perplexity"],
+            "samples": [{"prompt": s["prompt"], "base": base.get(s["prompt"]), "tuned": s["completion"]}
+                        for s in tuned]}
 
 
 def _review_sheet(config, loop: Loop) -> dict:

@@ -249,6 +249,8 @@ class Loop:
                                                    if k in scores}})
         run_log.text("validation", "generations", at_step, reporting.generations_markdown(samples))
         state["samples"] = samples
+        if at_step == 0:
+            state["base_samples"] = samples  # the base model's side of the end-of-run comparison
         for name, message in diagnosis.monitor(run_log.points("train"), run_log.points("validation")).items():
             if name not in state["monitors"]:
                 state["monitors"] = state["monitors"] + [name]

@@ -170,10 +170,12 @@ class RunState:
     # best_score: what train.select_best_by compares, lower is better (the loss, or minus a
     # task metric); best_val_loss is the validation loss at that best step.
     # review_base: the base model's outputs for the review sheet, made at step 0.
+    # base_samples: the base model's seeded continuations of the evaluation prompts (step 0),
+    # shown beside the exported model's at the end of the run.
     FIELDS = {"best_val_loss": float("inf"), "best_score": float("inf"), "best_step": -1, "evals_since_best": 0,
               "initial_val_loss": float("nan"), "last_eval_step": -1, "train_tokens": 0,
               "train_seconds": 0.0, "stopped_early": False, "monitors": [], "samples": [],
-              "review_base": [], "window": {}}
+              "review_base": [], "base_samples": [], "window": {}}
 
     def __init__(self):
         import tensorflow as tf
