@@ -106,6 +106,11 @@ def quiet(_message):
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The pretrained model shipped in the repository and the embedded sample it is fine-tuned
+# on by `make train-local`: for the tests where a model that has learnt something is the
+# point (the recipe's rules measured); the fast unit tests keep their tiny random models.
+BASE_MODEL_DIR = os.path.join(ROOT, "data", "pretrained", "tunewell-base")
+SAMPLE_CORPUS = os.path.join(ROOT, "data", "sample", "corpus.jsonl")
 
 
 def run_cli(module, *args, timeout=300, env=None):

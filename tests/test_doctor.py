@@ -196,13 +196,20 @@ def _curve_report(val_losses, stopped_early, every=10):
     ([3.6, 3.2, 3.0, 3.1, 3.2, 3.24], True, diagnosis.OVERFIT),
     # Still falling at the last evaluation of the plan.
     ([3.6, 3.3, 3.2, 3.1, 3.05], False, diagnosis.UNDERFIT),
+    # Still lower at each evaluation, but flattened out: the last two intervals gave 0.0035
+    # nats (the main job's own curve at the rule's rate): converged, not underfit.
+    ([5.775, 5.48, 5.33, 5.25, 5.22, 5.2014, 5.2001, 5.1995, 5.1979], False, diagnosis.HEALTHY),
+    # A low loss still falling 2% of perplexity in two intervals (the task sample's tail): underfit.
+    ([6.03, 1.25, 0.9, 0.6, 0.5991, 0.5854, 0.5778], False, diagnosis.UNDERFIT),
 ])
 def test_diagnosis_of_curves(losses, stopped_early, label):
     findings = diagnosis.diagnose(_curve_report(losses, stopped_early), 1e-4, 1e-4, steps_per_epoch=20,
                                   epochs_planned=3)
     assert findings[0]["label"] == label, findings[0]
     if label == diagnosis.HEALTHY:
-        assert findings[0]["next"] == [] and "early stopping ended the run at step 60" in findings[0]["summary"]
+        assert findings[0]["next"] == []
+        assert ("early stopping ended the run at step 60" if stopped_early else "flattened out") in \
+            findings[0]["summary"]
 
 
 def test_diagnosis_huge_learning_rate(tmp_path, corpus_file, tiny_model_dir):

@@ -304,11 +304,13 @@ def test_the_shipped_base_model_loads_into_float32_as_any_checkpoint():
     assert all(w.dtype == tf.float32 for w in model.weights)
     assert model_lib.count_parameters(model) == 5_322_240 and len(tokenizer) == 8192
     card = json.load(open(os.path.join(folder, "build.json")))
-    assert card["held_out_loss"] < 4.5 and card["licence"].startswith("PSF")
-    # It has learnt English: a common phrase is far likelier than under a uniform guess (ln 8192 = 9.0).
-    ids = tokenizer("The function returns a list of the values in the order they were added.",
-                    return_tensors="tf")["input_ids"]
-    logits = model(ids, training=False).logits[:, :-1]
-    loss = float(tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(ids[:, 1:], logits,
-                                                                                from_logits=True)))
-    assert loss < 5.0, loss
+    assert {deb["licence"].split()[0] for deb in card["corpus"].values()} == {"PSF", "WordNet"}
+    # It has learnt English, technical and everyday: common phrases are far likelier than
+    # under a uniform guess (ln 8192 = 9.0 nats a token).
+    for text in ("The function returns a list of the values in the order they were added.",
+                 "They walked along the river in the morning and stopped to rest under a tree."):
+        ids = tokenizer(text, return_tensors="tf")["input_ids"]
+        logits = model(ids, training=False).logits[:, :-1]
+        loss = float(tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(ids[:, 1:], logits,
+                                                                                    from_logits=True)))
+        assert loss < 6.0, (text, loss)

@@ -29,6 +29,7 @@ check allows 1%).
 import argparse
 import hashlib
 import json
+import math
 import os
 import pathlib
 import re
@@ -40,23 +41,42 @@ import tempfile
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO / "data" / "pretrained" / "tunewell-base"
 
-DEB_PACKAGE = "python3.11-doc"
-DEB_VERSION = "3.11.2-6+deb12u8"
-DEB_SHA256 = "50eb63e7f636c4281e9ce1b8f10386f1def42159eddce34fc1f41c46261df71b"
+# Two Debian packages, pinned by version and sha256. The Python docs alone teach a
+# technical register whose BPE splits everyday words badly ("rhubarb", "inherited"),
+# so a fine-tune on everyday prose would spend its steps on spelling; WordNet's
+# definitions and example sentences ("they heard the rumbling of thunder") cover
+# everyday English vocabulary: 117,659 entries, 1.46M words of glosses.
+DEBS = {
+    "python3.11-doc": dict(
+        version="3.11.2-6+deb12u8",
+        sha256="50eb63e7f636c4281e9ce1b8f10386f1def42159eddce34fc1f41c46261df71b",
+        read="usr/share/doc/python3.11/html/_sources/**/*.rst.txt",
+        licence="PSF License (Python Software Foundation License Version 2)"),
+    "wordnet-base": dict(
+        version="1:3.0-37",
+        sha256="61060d960f9ada8fa120872312eccd3ecebfbab8c4579e4f5a74e1cf67620752",
+        read="usr/share/wordnet/data.{noun,verb,adj,adv}",
+        licence="WordNet 3.0 license (permissive: use, copy, modify and distribute with the notice)"),
+}
 SOURCES = "usr/share/doc/python3.11/html/_sources"
-HELD_OUT_EVERY = 20  # every 20th section -> 5% held out
+WORDNET = "usr/share/wordnet"
+HELD_OUT_EVERY = 20  # every 20th document of each source -> 5% held out
+WORDNET_ENTRIES_PER_DOCUMENT = 24  # ~24 x 13 words: documents of ~300 words, like a docs section
 
 # The training run. 4 x 256 with an 8k vocabulary is 5.3M parameters: 2.1M in the
 # (tied) token embedding, 0.79M per layer (12 x 256^2), 66k positions. The corpus is
-# ~672k tokens an epoch: 2,624 rows of 256, 164 steps of 16 rows (4,096 tokens). 10
-# epochs = 1,640 steps, 6.7M tokens, ~22 minutes at ~5,300 tokens/s on 2 cores. The
-# learning rate is tunewell's own from-scratch rule: 6e-4 x 768/256 x sqrt(4096/8192)
-# = 1.27e-3; the best weights by held-out loss are exported.
+# 7,509 training documents, 12.8M characters (2.0M words), about 2.8M tokens an
+# epoch: ~690 steps of 16 rows of 256 (4,096 tokens). 2 epochs, ~1,400 steps and
+# ~5.7M tokens, take ~18 minutes at ~5,400 tokens/s on 2 cores (measured: 4 x 256
+# trains at 5,529 tokens/s, 2 x 256 at 7,856: halving the depth buys only 1.4x,
+# because the 8k-way softmax and the embedding cost the same at any depth). The
+# learning rate is tunewell's own from-scratch rule: 6e-4 x 768/256 x
+# sqrt(4096/8192) = 1.27e-3; the best weights by held-out loss are exported.
 SHAPE = dict(n_layer=4, n_embd=256, n_head=4, n_positions=256, vocab_size=8192, dropout=0.1)
 TRAIN_FLAGS = {
     "data.block_size": 256,
     "train.batch_size": 16,
-    "train.epochs": 10,
+    "train.epochs": 2,
     "optim.schedule": "cosine",
     "optim.warmup_ratio": 0.05,
     "optim.weight_decay": 0.1,
@@ -72,7 +92,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="where the model folder is written")
     parser.add_argument("--work_dir", default="", help="scratch folder (default: a temporary one)")
-    parser.add_argument("--deb", default="", help="a downloaded python3.11-doc .deb (default: apt-get download)")
+    parser.add_argument("--debs", default="", help="a folder holding the two .deb files (default: apt-get download)")
     parser.add_argument("--max_steps", type=int, default=0, help="cap the training (smoke runs only)")
     parser.add_argument("--check", action="store_true",
                         help="rebuild in the scratch folder and compare the held-out loss with --out's card")
@@ -80,19 +100,19 @@ def main():
     work = pathlib.Path(args.work_dir or tempfile.mkdtemp(prefix="tunewell-base-"))
     work.mkdir(parents=True, exist_ok=True)
 
-    deb = pathlib.Path(args.deb) if args.deb else fetch_deb(work)
-    sources = extract(deb, work)
-    train_docs, held_out_docs = split_sections(sources)
+    roots = {name: extract(fetch_deb(name, pathlib.Path(args.debs) if args.debs else work), work)
+             for name in DEBS}
+    train_docs, held_out_docs = split_documents(roots)
     write_jsonl(work / "train.jsonl", train_docs)
     write_jsonl(work / "heldout.jsonl", held_out_docs)
-    print(f"corpus: {len(train_docs)} training sections, {len(held_out_docs)} held out", flush=True)
+    print(f"corpus: {len(train_docs)} training documents, {len(held_out_docs)} held out", flush=True)
 
     run_dir = work / "run"
     train(work, run_dir, args.max_steps)
     report = json.loads((run_dir / "report.json").read_text())
     out = work / "model" if args.check else pathlib.Path(args.out)
     held_out_loss = save_float16(run_dir / "export", out, work / "heldout.jsonl")
-    facts = run_facts(report, train_docs, held_out_docs, held_out_loss, deb)
+    facts = run_facts(report, train_docs, held_out_docs, held_out_loss)
     if args.check:
         card = json.loads((pathlib.Path(args.out) / "build.json").read_text())
         change = held_out_loss / card["held_out_loss"] - 1
@@ -104,21 +124,24 @@ def main():
     print(json.dumps(facts, indent=2))
 
 
-def fetch_deb(work: pathlib.Path) -> pathlib.Path:
-    subprocess.run(["apt-get", "download", f"{DEB_PACKAGE}={DEB_VERSION}"], cwd=work, check=True)
-    (deb,) = work.glob(f"{DEB_PACKAGE}_*.deb")
-    return deb
+def fetch_deb(name: str, folder: pathlib.Path) -> pathlib.Path:
+    found = sorted(folder.glob(f"{name}_*.deb"))
+    if not found:
+        subprocess.run(["apt-get", "download", f"{name}={DEBS[name]['version']}"], cwd=folder, check=True)
+        found = sorted(folder.glob(f"{name}_*.deb"))
+    return found[0]
 
 
 def extract(deb: pathlib.Path, work: pathlib.Path) -> pathlib.Path:
+    name = deb.name.split("_")[0]
     digest = hashlib.sha256(deb.read_bytes()).hexdigest()
-    if digest != DEB_SHA256:
-        sys.exit(f"error: {deb} has sha256 {digest}, not {DEB_SHA256} ({DEB_PACKAGE} {DEB_VERSION}); "
-                 "the corpus would differ from the card's")
-    root = work / "deb"
+    if digest != DEBS[name]["sha256"]:
+        sys.exit(f"error: {deb} has sha256 {digest}, not {DEBS[name]['sha256']} ({name} "
+                 f"{DEBS[name]['version']}); the corpus would differ from the card's")
+    root = work / f"deb-{name}"
     shutil.rmtree(root, ignore_errors=True)
     subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
-    return root / SOURCES
+    return root
 
 
 # ---------------------------------------------------------------- cleaning reST
@@ -176,13 +199,48 @@ def sections_of(rst: str) -> list[str]:
     return sections
 
 
-def split_sections(sources: pathlib.Path) -> tuple[list[str], list[str]]:
-    """All sections in path order; every HELD_OUT_EVERY-th is held out."""
+# ---------------------------------------------------------------- WordNet entries
+def wordnet_entry(line: str) -> str:
+    """One synset of a WordNet data file as a line of prose:
+    `... 03 river 0 ... | a large natural stream of water (larger than a creek); "the river was
+    navigable for 50 miles"` -> `river: a large natural stream of water (larger than a creek).
+    The river was navigable for 50 miles.`"""
+    head, _, gloss = line.partition(" | ")
+    fields = head.split()
+    lemma = re.sub(r"\(\w+\)$", "", fields[4]).replace("_", " ")  # beautiful(a) -> beautiful
+    examples = re.findall(r'"([^"]+)"', gloss)
+    definition = gloss.split('"')[0].strip().rstrip(";").strip()
+    sentences = [f"{lemma}: {definition}."]
+    for example in examples:
+        example = example.strip()
+        if example:
+            sentences.append(example[0].upper() + example[1:] + ("" if example[-1] in ".!?" else "."))
+    return " ".join(sentences)
+
+
+def wordnet_documents(root: pathlib.Path) -> list[str]:
+    """Consecutive entries of each data file (ordered by topic, e.g. noun.animal) in
+    documents of WORDNET_ENTRIES_PER_DOCUMENT lines; the licence header is skipped."""
+    documents = []
+    for part in ("noun", "verb", "adj", "adv"):
+        lines = [line for line in (root / WORDNET / f"data.{part}").read_text(encoding="latin-1").splitlines()
+                 if line and not line.startswith("  ")]
+        entries = [wordnet_entry(line) for line in lines]
+        documents.extend("\n".join(entries[i:i + WORDNET_ENTRIES_PER_DOCUMENT])
+                         for i in range(0, len(entries), WORDNET_ENTRIES_PER_DOCUMENT))
+    return documents
+
+
+def split_documents(roots: dict) -> tuple[list[str], list[str]]:
+    """The docs' sections in path order, then WordNet's documents; every HELD_OUT_EVERY-th
+    document of each source is held out."""
     sections = []
-    for path in sorted(sources.rglob("*.rst.txt")):
+    for path in sorted((roots["python3.11-doc"] / SOURCES).rglob("*.rst.txt")):
         sections.extend(s for s in sections_of(path.read_text(encoding="utf-8")) if len(s) >= 200)
-    held_out = sections[HELD_OUT_EVERY - 1::HELD_OUT_EVERY]
-    train = [s for i, s in enumerate(sections) if (i + 1) % HELD_OUT_EVERY]
+    train, held_out = [], []
+    for documents in (sections, wordnet_documents(roots["wordnet-base"])):
+        held_out += documents[HELD_OUT_EVERY - 1::HELD_OUT_EVERY]
+        train += [d for i, d in enumerate(documents) if (i + 1) % HELD_OUT_EVERY]
     return train, held_out
 
 
@@ -289,13 +347,11 @@ def held_out_loss(model, tokenizer, path: pathlib.Path, block: int) -> float:
 
 
 # ---------------------------------------------------------------- the card
-def run_facts(report: dict, train_docs, held_out_docs, held_out_loss: float, deb: pathlib.Path) -> dict:
+def run_facts(report: dict, train_docs, held_out_docs, held_out_loss: float) -> dict:
     return {
-        "corpus": f"Debian {DEB_PACKAGE} {DEB_VERSION}, {SOURCES}/**/*.rst.txt",
-        "corpus_sha256": DEB_SHA256,
-        "licence": "PSF License (Python Software Foundation License Version 2)",
-        "training_sections": len(train_docs),
-        "held_out_sections": len(held_out_docs),
+        "corpus": {name: {k: deb[k] for k in ("version", "sha256", "read", "licence")} for name, deb in DEBS.items()},
+        "training_documents": len(train_docs),
+        "held_out_documents": len(held_out_docs),
         "training_characters": sum(map(len, train_docs)),
         "shape": SHAPE,
         "settings": {k: v for k, v in TRAIN_FLAGS.items() if k.startswith(("data.", "train.", "optim.", "seed"))},
@@ -303,12 +359,16 @@ def run_facts(report: dict, train_docs, held_out_docs, held_out_loss: float, deb
             "steps", "best_step", "train_tokens", "tokens_per_sec", "train_seconds", "initial_val_loss",
             "best_val_loss", "learning_rate", "distribution", "timing")},
         "held_out_loss": round(held_out_loss, 4),
-        "held_out_perplexity": round(float(__import__("math").exp(held_out_loss)), 2),
+        "held_out_perplexity": round(math.exp(held_out_loss), 2),
     }
 
 
 def write_card(out: pathlib.Path, facts: dict) -> None:
     report = facts["report"]
+    corpus_rows = "\n".join(
+        f"| corpus | Debian `{name}` {deb['version']}, `{deb['read']}` (sha256 `{deb['sha256'][:12]}...`); "
+        f"licence: {deb['licence']}, see `/usr/share/doc/{name}/copyright` in the package |"
+        for name, deb in facts["corpus"].items())
     card = f"""# tunewell-base: a 5.3M-parameter GPT-2 pretrained here
 
 The base model `make train-local` fine-tunes. No model hub is reachable where tunewell
@@ -320,11 +380,10 @@ user's distilgpt2: `from_pretrained` reads the float16 file into float32 weights
 |---|---|
 | architecture | GPT-2: {SHAPE['n_layer']} layers x {SHAPE['n_embd']}, {SHAPE['n_head']} heads, {SHAPE['n_positions']} positions, dropout {SHAPE['dropout']} |
 | tokenizer | byte-level BPE, {SHAPE['vocab_size']:,} tokens, trained on the training sections; EOS `<|endoftext|>` |
-| corpus | {facts['corpus']} (sha256 `{DEB_SHA256[:12]}...`) |
-| licence of the corpus | {facts['licence']}: see `/usr/share/doc/python3.11-doc/copyright` in that package |
-| cleaning | markup roles and directives removed; code, tables and sessions dropped; one document per section |
-| training text | {facts['training_sections']:,} sections, {facts['training_characters']:,} characters |
-| held out | {facts['held_out_sections']:,} sections (every {HELD_OUT_EVERY}th), never trained on |
+{corpus_rows}
+| cleaning | docs: markup roles and directives removed, code, tables and sessions dropped, one document per section; WordNet: each synset as `lemma: definition. Example sentences.`, {WORDNET_ENTRIES_PER_DOCUMENT} consecutive synsets a document |
+| training text | {facts['training_documents']:,} documents, {facts['training_characters']:,} characters |
+| held out | {facts['held_out_documents']:,} documents (every {HELD_OUT_EVERY}th of each source), never trained on |
 | training | `{json.dumps(facts['settings'])}` |
 | run | {report['steps']:,} steps, {report['train_tokens']:,} tokens, learning rate {report['learning_rate']:.3g} (tunewell's from-scratch rule), best at step {report['best_step']:,}; {report['train_seconds'] / 60:.0f} min at {report['tokens_per_sec']:,.0f} tokens/s ({report['distribution']['precision']}) |
 | held-out loss | **{facts['held_out_loss']:.4f}** nats/token (perplexity {facts['held_out_perplexity']:.1f}), float16 weights loaded into float32 |
@@ -333,8 +392,9 @@ Rebuild with `python data/pretrained/build_base.py` (about 25 minutes on 2 CPU c
 `--check` rebuilds in a scratch folder and compares the held-out loss with this card's
 (within 1%). `build.json` holds these figures and the run's report.
 
-It writes technical English about a programming language, and knows nothing else: it
-is a base for showing what fine-tuning does, not a model to use on its own.
+It writes technical English about a programming language and dictionary-style English
+(definitions and short example sentences), and knows little else: it is a base for
+showing what fine-tuning does, not a model to use on its own.
 """
     (out / "README.md").write_text(card)
 
