@@ -4,7 +4,6 @@ pretrained GPT-2 shipped in data/pretrained/) fine-tuned on the embedded sample,
 rate far from the rule must be named as such; learning_rate=auto must land near the rule."""
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -30,9 +29,6 @@ def test_the_main_job_fine_tunes_the_shipped_model_to_a_healthy_fit(main_job):
     assert "tf-h5" in report["model"]["loaded_from"]
     top = report["diagnosis"][0]
     assert top["label"] == diagnosis.HEALTHY and top["next"] == [], report["diagnosis"]
-    # Validation turned and early stopping ended the run before the plan's end, or the plan
-    # ended on a plateau: either way the export holds the best evaluated weights.
-    assert report["stopped_early"] or report["best_step"] <= report["steps"]
     comparison = report["comparison"]
     assert comparison["tuned_perplexity"] < 0.7 * comparison["base_perplexity"], comparison
     assert all(s["base"] and s["tuned"] for s in comparison["samples"])
@@ -89,4 +85,3 @@ def test_auto_picks_a_rate_near_the_rule_on_the_pretrained_model(tmp_path):
     assert derived / 3 <= result["learning_rate"] <= derived * 3, (derived, result["learning_rate"])
     assert result["learning_rate"] <= result["lr_at_min_loss"]
     tf.keras.backend.clear_session()
-    assert os.path.isdir(BASE_MODEL_DIR)
