@@ -5,7 +5,8 @@ completions here. Every metric is "higher is better" on a 0..100 scale, so any o
 them can pick the best weights with --config.train.select_best_by:
 
 - exact_match: the share of completions equal to their reference after
-  normalize_answer() (case, punctuation and spacing ignored). All or nothing per
+  normalize_answer() (case, spacing and the punctuation around words ignored;
+  signs, decimal points and other marks inside a word count). All or nothing per
   example. Pick it for short fixed answers: classification labels, extracted spans,
   numbers, yes/no.
 - token_f1: word overlap per example, as in SQuAD: a bag of normalised words,
@@ -38,24 +39,54 @@ from trainer import settings
 METRICS = settings.TASK_METRICS
 
 
+def _is_mark(char: str) -> bool:
+    # Every Unicode punctuation (P*) and symbol (S*) category, not string.punctuation:
+    # «», ¿, 。 and € count too.
+    return unicodedata.category(char)[0] in "PS"
+
+
+# A sign or decimal point that opens a number is part of the answer: "-5" is not "5"
+# and ".5" is not "5". (U+2212 is the typographic minus.)
+_NUMBER_OPENERS = "+-\u2212."
+
+
+def _strip_word(word: str) -> str:
+    """The word without the punctuation and symbols around it; what is inside stays."""
+    end = len(word)
+    while end and _is_mark(word[end - 1]):
+        end -= 1
+    start = 0
+    while start < end and _is_mark(word[start]):
+        opens_number = word[start] in _NUMBER_OPENERS and any(
+            c.isdigit() for c in word[start + 1:start + 3])  # "-5", "-.5", "+.25"
+        if opens_number:
+            break
+        start += 1
+    return word[start:end]
+
+
 def normalize_answer(text: str) -> str:
-    """Casefold, NFKC, no punctuation or symbols, single spaces, stripped.
+    """Casefold, NFKC, single spaces, and the punctuation around each word removed.
 
     "  The CAT, sat! " -> "the cat sat"; "ＰＡＲＩＳ" (fullwidth) -> "paris";
-    "50 €" -> "50"; "don't" -> "dont" (removed, not split: "U.S." and "US" agree).
+    "«Да», конечно." -> "да конечно"; "50 €" -> "50".
+    Punctuation inside a word is content and stays: "3.14" is not "31.4", "-5" is
+    not "5", "$1,000" is not "$100.0" ("1,000" against "100.0"), "10/3" is not "103",
+    "U.S." is "u.s" and not "us", "don't" is not "dont". Deleting every punctuation
+    mark, as SQuAD's normalisation does, scored each of those pairs a match.
     """
     # NFKC first: it turns fullwidth letters, ligatures and compatibility forms such
     # as "Ⅻ" into plain letters ("XII") that casefold() can then lower. casefold() is
     # lower() plus the folds caseless matching needs ("Straße" = "STRASSE").
     text = unicodedata.normalize("NFKC", text).casefold()
-    # Every Unicode punctuation (P*) and symbol (S*) category, not string.punctuation:
-    # «», ¿, 。 and € count too. Symbols are removed like punctuation, so "2+2" -> "22".
-    text = "".join(c for c in text if unicodedata.category(c)[0] not in "PS")
+    # Stripped word by word, not only at the ends of the answer, so that token_f1 and
+    # rouge_l see "paris" in "in Paris, France". A word that is all punctuation ("—",
+    # "€") disappears.
     # SQuAD's normalisation also drops "a", "an" and "the". We keep them: this package
     # fine-tunes on any language, and only in English are those three words articles
     # (Spanish "a" means "to"); dropping them would make other languages' answers
     # match where they differ.
-    return " ".join(text.split())
+    return " ".join(word for word in map(_strip_word, text.split()) if word)
 
 
 def exact_match(prediction: str, reference: str) -> float:
