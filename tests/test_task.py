@@ -166,6 +166,27 @@ def test_diagnosis_says_when_the_metric_peaks_elsewhere_than_the_loss():
     assert found[0]["next"] == ["--config.train.select_best_by=token_f1"] and "step 10" in found[0]["summary"]
 
 
+def test_diagnosis_of_a_metric_that_stays_zero_speaks_of_loss_and_metric_once_each():
+    """select_best_by=token_f1 with a metric stuck at 0: the export is step 0, whose loss is
+    the base model's. The loss story must come from the loss curve (22% lower), not from the
+    export's loss (which read "Not learning: improved only 0.00%" beside "improved 22%")."""
+    losses = [4.0, 3.4, 3.2, 3.12, 3.13, 3.14, 3.15]
+    points = [{"step": 10 * i, "loss": loss, "task/token_f1": 0.0} for i, loss in enumerate(losses)]
+    report = {"history": {"validation": points, "train": [{"step": s, "loss": 4.0 - s / 100} for s in range(1, 61)]},
+              "initial_val_loss": 4.0, "best_val_loss": 4.0, "last_val_loss": 3.15, "best_step": 0, "steps": 60,
+              "stopped_early": True}
+    found = diagnosis.diagnose(report, 1e-4, 1e-4, steps_per_epoch=20, epochs_planned=3, select_by="token_f1")
+    found += diagnosis.task_metric_disagreement(points, "token_f1")
+    text = " ".join(f["summary"] for f in found)
+    assert [f["label"] for f in found] == [diagnosis.HEALTHY, diagnosis.TASK_DISAGREEMENT], found
+    assert "Not learning" not in text and "0.00%" not in text
+    assert "(22.0% lower)" in found[0]["summary"] and "improved 22%" in found[1]["summary"]
+    # Where the weights come from is said, and by what: step 0, the base model.
+    assert "step 0's weights, chosen by token_f1" in found[0]["summary"]
+    assert "the base model's" in found[1]["summary"]
+    assert "--config.train.select_best_by=token_f1" not in found[1]["next"]  # it already is
+
+
 def test_diagnosis_is_quiet_when_loss_and_metric_agree():
     points = [{"step": s, "loss": 4.0 - s / 10, "task/token_f1": 10.0 + 3 * s} for s in (0, 10, 20)]
     assert diagnosis.task_metric_disagreement(points, "loss") == []

@@ -34,12 +34,26 @@ def _finding(label, summary, evidence, next_overrides, severity="warning"):
 
 
 def diagnose(report: dict, learning_rate: float, derived_learning_rate: float, steps_per_epoch: int,
-             epochs_planned: int, audit_findings: list = ()) -> list[dict]:
-    """Classify the run from its curves; returns a list, most important first."""
+             epochs_planned: int, audit_findings: list = (), select_by: str = "loss") -> list[dict]:
+    """Classify the run from its curves; returns a list, most important first.
+
+    The class speaks of the validation loss only: its lowest point, wherever the
+    export is. With select_by a task metric the export may sit elsewhere (at step 0
+    when the metric never rose), and report["best_val_loss"] is the export's loss; the
+    loss story must not read "not learning" off it while the loss fell 22%. What the
+    metric did is task_metric_disagreement's to say."""
     val = report["history"]["validation"]
     train = report["history"]["train"]
     initial, best, last = report["initial_val_loss"], report["best_val_loss"], report["last_val_loss"]
     best_step, steps = report["best_step"], report["steps"]
+    export_step = best_step
+    if select_by != "loss":
+        finite = [p for p in val if math.isfinite(p["loss"])]
+        if finite:
+            lowest = min(finite, key=lambda p: (p["loss"], p["step"]))
+            best, best_step = lowest["loss"], lowest["step"]
+    exported = (f"step {export_step}'s weights" if select_by == "loss" else
+                f"step {export_step}'s weights, chosen by {select_by}")
     out = []
     train_first = train[0]["loss"] if train else float("nan")
     train_last = train[-1]["loss"] if train else float("nan")
@@ -78,7 +92,7 @@ def diagnose(report: dict, learning_rate: float, derived_learning_rate: float, s
         out.append(_finding(
             OVERFIT, f"Overfit: validation loss bottomed at step {best_step} (epoch {best_epoch:.1f}) at "
             f"{best:.3f} and rose to {last:.3f} while training loss kept falling to {train_last:.3f}. The "
-            "export holds the best step's weights.", evidence,
+            f"export holds {exported}.", evidence,
             [f"--config.train.epochs={max(1, math.ceil(best_epoch))}",
              "more (and more varied) training data"], "info"))
     elif best_step == steps and not report["stopped_early"] and _still_improving(val):
@@ -91,13 +105,14 @@ def diagnose(report: dict, learning_rate: float, derived_learning_rate: float, s
         out.append(_finding(
             HEALTHY, f"Healthy: validation loss {initial:.3f} -> {best:.3f} ({100 * gain:.1f}% lower). It turned "
             f"after step {best_step} (epoch {best_step / steps_per_epoch:.1f}); early stopping ended the run at "
-            f"step {steps} and the export holds step {best_step}'s weights.", evidence, [], "info"))
+            f"step {steps} and the export holds {exported}.", evidence, [], "info"))
     else:
         flat = (f"; it had flattened out (the last two evaluations {val[-3]['loss']:.4f} -> {val[-1]['loss']:.4f})"
                 if best_step == steps and len(val) >= 3 else "")
         out.append(_finding(
             HEALTHY, f"Healthy: validation loss {initial:.3f} -> {best:.3f} ({100 * gain:.1f}% lower), best at "
-            f"step {best_step} of {steps}{flat}.", evidence, [], "info"))
+            f"step {best_step} of {steps}{flat}"
+            + (f"; the export holds {exported}" if export_step != best_step else "") + ".", evidence, [], "info"))
     for f in audit_findings:
         if f.severity != "error":
             continue
@@ -151,8 +166,12 @@ def task_metric_disagreement(val_points: list[dict], select_by: str) -> list[dic
             "fits the wording of the completions better without doing the task better. Read the completions "
             "(TensorBoard text task_completions, review.html): if they are close but not exact, score with "
             "token_f1 or rouge_l; if they are wrong, the task needs more (or more varied) examples, or a "
-            "clearer prompt separator (see the doctor).", evidence,
-            ["more examples of the task", "--config.train.select_best_by=token_f1"])]
+            "clearer prompt separator (see the doctor)."
+            + (f" Selected by {metric}, the export holds step {best_metric['step']}'s weights"
+               + (" (the base model's: no evaluation beat it)" if best_metric["step"] == scored[0]["step"] else "")
+               + "." if select_by != "loss" else ""), evidence,
+            ["more examples of the task"] + (["--config.train.select_best_by=token_f1"]
+                                             if select_by != "token_f1" else []))]
     if best_metric["step"] != best_loss["step"] and best_metric[key] - best_loss[key] >= TASK_METRIC_CHANGE:
         picked = best_loss if select_by == "loss" else best_metric
         other = best_metric if select_by == "loss" else best_loss

@@ -109,7 +109,7 @@ def _report(launch: Launch, devices: Devices, prep: Prepared, outputs: Outputs, 
     report["diagnosis"] = diagnosis.diagnose(
         report, plan.learning_rate, optimization.derived_learning_rate(
             prep.model_config.n_embd, plan.tokens_per_step, config.model.bootstrap_tiny),
-        plan.steps_per_epoch, plan.epochs, outputs.findings)
+        plan.steps_per_epoch, plan.epochs, outputs.findings, config.train.select_best_by)
     if loop.task.examples:
         report["task_metrics"] = loop.task.summary(validation_points, best_step, config.train.select_best_by)
         report["diagnosis"] += diagnosis.task_metric_disagreement(validation_points, config.train.select_best_by)
