@@ -42,7 +42,8 @@ def test_shards_hold_the_in_memory_rows(prepared):
     config, manifest, prep = prepared
     folder = config.data.prepared_dir
     assert shards_lib.read_manifest(folder) == manifest  # what was returned is what is on disk
-    for split, blocks in (("train", prep.train_blocks), ("validation", prep.val_blocks)):
+    assert prep.test_blocks is not None and prep.test_blocks.rows > 0  # data.test_fraction's 5% of the corpus
+    for split, blocks in (("train", prep.train_blocks), ("validation", prep.val_blocks), ("test", prep.test_blocks)):
         read = shards_lib.read_blocks(folder, manifest, split)
         assert all(getattr(read, name).dtype == np.int32 for name in FEATURES)
         # The Beam pipeline and the in-process path make the same rows (data/keys.py); the

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, WORDS, quiet, small_config
+from trainer import data as data_lib
 from trainer import diagnosis, evaluation
 from trainer.model import sampler
 from trainer.evaluation import metrics as task_metrics
@@ -60,7 +61,8 @@ def test_task_metrics_are_logged_at_every_evaluation_and_pick_the_export(task_ru
 
     config, report, lines = task_run
     points = report["history"]["validation"]
-    assert [p["step"] for p in points] == list(range(0, report["steps"] + 1, 10))
+    # Every 10 steps, and at the plan's last step (the export's candidates include the end).
+    assert [p["step"] for p in points] == sorted(set(range(0, report["steps"] + 1, 10)) | {report["steps"]})
     for p in points:
         assert all(0.0 <= p[f"task/{k}"] <= 100.0 for k in task_metrics.METRICS)
     f1 = [p["task/token_f1"] for p in points]
@@ -81,6 +83,20 @@ def test_task_metrics_are_logged_at_every_evaluation_and_pick_the_export(task_ru
     assert "Task metrics" in open(os.path.join(config.output_dir, "report.md")).read()
 
 
+def test_the_test_split_gives_task_metrics_with_intervals(task_run):
+    """The exported model's task metrics on test examples, each with a 95% interval around it."""
+    _, report, lines = task_run
+    test = report["test"]
+    assert test["source"] == "split" and test["documents"] >= 6
+    task = test["task_metrics"]
+    assert task["examples"] == min(16, test["documents"])
+    for name in task_metrics.METRICS:
+        low, high = task[name]["interval"]
+        assert 0.0 <= low <= task[name]["value"] <= high <= 100.0, (name, task[name])
+    assert low < high or task["bleu"]["value"] in (0.0, 100.0)
+    assert any(line.startswith("Test (") and "token_f1" in line for line in lines)
+
+
 def test_the_exported_model_does_the_task_as_scored(task_run):
     """Greedy completions of the export, scored again, give the report's exported figures."""
     config, report, _ = task_run
@@ -98,7 +114,11 @@ def test_the_review_sheet_pairs_base_and_fine_tuned_outputs_blinded(task_run):
     config, report, _ = task_run
     sheet = list(csv.DictReader(open(report["review"]["sheet"], encoding="utf-8-sig")))
     key = {row["id"]: row for row in csv.DictReader(open(report["review"]["key"], encoding="utf-8-sig"))}
-    records = [json.loads(line) for line in open(config.data.validation_files)][:6]
+    # Its prompts are the test split's (held out of the training file by data.test_fraction),
+    # not validation's, whose prompts chose the exported checkpoint.
+    test_pairs = data_lib.load_documents(config.data, config.seed).test_pairs
+    assert len(test_pairs) >= 6
+    records = [{"prompt": p, "completion": c} for p, c in test_pairs[:6]]
     assert [row["prompt"] for row in sheet] == [r["prompt"] for r in records]
     assert [row["reference"] for row in sheet] == [r["completion"] for r in records]
     assert all(row["preferred"] == "" and row["notes"] == "" for row in sheet)

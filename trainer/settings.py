@@ -84,6 +84,8 @@ RULES = {
     "data.validation_files": (_text(allow_empty=True), "files or globs, or empty"),
     "data.validation_fraction": (_number(0, 1, low_open=True, high_open=True), "between 0 and 1, e.g. 0.1"),
     "data.validation_max_examples": (_int(1), "at least 1"),
+    "data.test_files": (_text(allow_empty=True), "files or globs, or empty"),
+    "data.test_fraction": (_number(0, 1, high_open=True), "from 0 (no test split) to below 1, e.g. 0.05"),
     "data.text_field": (_text(), "the JSON field or column that holds the text, e.g. text"),
     "data.prompt_field": (lambda v: isinstance(v, str), 'the JSON field or column of the prompts, or ""'),
     "data.completion_field": (lambda v: isinstance(v, str), 'the JSON field or column of the completions, or ""'),

@@ -12,7 +12,7 @@ from typing import Iterator
 
 
 from trainer import filesystem, settings
-from trainer.data.keys import split_documents
+from trainer.data.keys import split_documents, split_test
 from trainer.errors import UserError
 
 
@@ -389,6 +389,11 @@ class Documents:
     validation_source: str  # "files", "split" or "prepared"
     train_pairs: list[tuple[str, str]] | None = None
     validation_pairs: list[tuple[str, str]] | None = None
+    # The test split (data.test_files, or data.test_fraction of the training files): scored
+    # once, on the exported model, and used for nothing else.
+    test: list[str] = dataclasses.field(default_factory=list)
+    test_source: str = "none"  # "files", "split", "prepared" or "none"
+    test_pairs: list[tuple[str, str]] | None = None
 
 
 def load_documents(data_config, seed: int, log=None) -> Documents:
@@ -403,6 +408,11 @@ def load_documents(data_config, seed: int, log=None) -> Documents:
             return read_documents(spec, flag, data_config.text_field, data_config.text_separator, normalize,
                                   log)
     train = read(data_config.train_files, "--config.data.train_files")
+    if data_config.test_files:
+        test, test_source = read(data_config.test_files, "--config.data.test_files"), "files"
+    else:
+        train, test = split_test(train, data_config.test_fraction, seed)
+        test_source = "split" if test else "none"
     if data_config.validation_files:
         validation, source = read(data_config.validation_files, "--config.data.validation_files"), "files"
     else:
@@ -410,8 +420,9 @@ def load_documents(data_config, seed: int, log=None) -> Documents:
                                             data_config.validation_max_examples, seed)
         source = "split"
     if not settings.is_prompt_completion(data_config):
-        return Documents(train, validation, source)
-    return Documents([p + c for p, c in train], [p + c for p, c in validation], source, train, validation)
+        return Documents(train, validation, source, test=test, test_source=test_source)
+    return Documents([p + c for p, c in train], [p + c for p, c in validation], source, train, validation,
+                     [p + c for p, c in test], test_source, test)
 
 
 # ----------------------------------------------------------------------------- tokenizing

@@ -2,6 +2,7 @@
 
     FOLDER/train-00000-of-00016.tfrecord ...    training rows; shard i holds rows [i*n/S, (i+1)*n/S)
     FOLDER/validation-00000-of-00001.tfrecord   validation rows
+    FOLDER/test-00000-of-00001.tfrecord         test rows (when the run has a test split)
     FOLDER/manifest.json                        written LAST: its presence means the folder is complete
 
 One tf.train.Example per row with three bytes features, input_ids,
@@ -26,14 +27,14 @@ FORMAT = 1  # manifest["tunewell_prepared"]; a folder of another format is refus
 
 MANIFEST = "manifest.json"
 
-SPLITS = ("train", "validation")
+SPLITS = ("train", "validation", "test")
 
 FEATURES = FIELDS  # one int32 row per feature, as raw bytes
 
 
 # Our own shard names: a folder holding only these (and no manifest) is a killed
 # run's leftovers, overwritten; any other file means the folder is someone else's.
-SHARD_NAME = re.compile(r"^(train|validation)-\d{5,}-of-\d{5,}\.tfrecord$")
+SHARD_NAME = re.compile(r"^(train|validation|test)-\d{5,}-of-\d{5,}\.tfrecord$")
 
 
 # Shard size. A row takes 3 features x block_size x 4 bytes plus ~90 bytes of
@@ -51,12 +52,14 @@ RECORD_FRAMING = 16  # TFRecord: length (8) + its CRC (4) + data CRC (4)
 
 # The data.* fields that decide which documents become which rows.
 DATA_FIELDS = ("train_files", "validation_files", "validation_fraction", "validation_max_examples",
-               "text_field", "text_separator", "normalize", "prompt_field", "completion_field")
+               "test_files", "test_fraction", "text_field", "text_separator", "normalize", "prompt_field",
+               "completion_field")
 
 
 # Fields added after a manifest format was fixed: a manifest without one was written
 # with the field's default, so an older prepared folder still matches.
-DATA_FIELD_DEFAULTS = {"normalize": "", "prompt_field": "", "completion_field": ""}
+DATA_FIELD_DEFAULTS = {"normalize": "", "prompt_field": "", "completion_field": "", "test_files": "",
+                       "test_fraction": 0.0}
 
 
 def shard_name(split: str, index: int, count: int) -> str:

@@ -160,6 +160,19 @@ def _bleu():
     return BLEU(effective_order=True)
 
 
+def per_example(predictions: list[str], references: list[str]) -> dict:
+    """{metric: [score of each example]} for the metrics that are means over examples
+    (all but bleu), for intervals over examples."""
+    pairs = list(zip(predictions, references))
+    return {"exact_match": [exact_match(p, r) for p, r in pairs], "token_f1": [token_f1(p, r) for p, r in pairs],
+            "rouge_l": [rouge_l(p, r) for p, r in pairs]}
+
+
+def corpus_bleu(predictions: list[str], references: list[str]) -> float:
+    # sacreBLEU's score can come out a rounding error above 100 (100.00000000000004).
+    return min(100.0, _bleu().corpus_score(list(predictions), [list(references)]).score)
+
+
 def score(predictions: list[str], references: list[str]) -> dict:
     """{"exact_match", "token_f1", "bleu", "rouge_l", "examples"} for paired lists.
 
@@ -175,13 +188,11 @@ def score(predictions: list[str], references: list[str]) -> dict:
     n = len(predictions)
     if n == 0:
         return {**{name: 0.0 for name in METRICS}, "examples": 0}
-    pairs = list(zip(predictions, references))
-    # sacreBLEU's score can come out a rounding error above 100 (100.00000000000004).
-    bleu = min(100.0, _bleu().corpus_score(list(predictions), [list(references)]).score)
+    each = per_example(predictions, references)
     return {
-        "exact_match": sum(exact_match(p, r) for p, r in pairs) / n,
-        "token_f1": sum(token_f1(p, r) for p, r in pairs) / n,
-        "bleu": bleu,
-        "rouge_l": sum(rouge_l(p, r) for p, r in pairs) / n,
+        "exact_match": sum(each["exact_match"]) / n,
+        "token_f1": sum(each["token_f1"]) / n,
+        "bleu": corpus_bleu(predictions, references),
+        "rouge_l": sum(each["rouge_l"]) / n,
         "examples": n,
     }

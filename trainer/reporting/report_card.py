@@ -13,10 +13,26 @@ def summary_lines(report: dict) -> list[str]:
         f"Validation loss {initial:.3f} at step 0 -> best {best:.3f} at step {report['best_step']} "
         f"(perplexity {report['initial_val_perplexity']:.1f} -> {report['final_val_perplexity']:.1f}, "
         f"{report['improvement_pct']:.0f}% lower).",
+        *([test_line(report["test"])] if report.get("test") else []),
         f"Best model exported to {report['export_dir']} (PyTorch copy: {report['export_pytorch_dir']}).",
         f"Report: {report['report_path']}; curves: make tensorboard (logs in {report['logs_dir']}).",
     ]
     return lines + comparison_lines(report.get("comparison"))
+
+
+def test_line(test: dict) -> str:
+    """One line for the terminal and the report card."""
+    def span(interval, fmt):
+        return f" (95% interval {fmt.format(interval[0])}-{fmt.format(interval[1])})" if interval else ""
+
+    line = (f"Test ({test['documents']:,} documents nothing was selected on): perplexity "
+            f"{test['perplexity']:,.1f}{span(test['perplexity_interval'], '{:,.1f}')}, loss {test['loss']:.4f}")
+    task = test.get("task_metrics")
+    if task:
+        line += "; " + ", ".join(f"{name} {task[name]['value']:.1f}{span(task[name]['interval'], '{:.1f}')}"
+                                 for name in ("exact_match", "token_f1") if name in task)
+        line += f" on {task['examples']} examples"
+    return line + "."
 
 
 def comparison_lines(comparison: dict | None, width: int = 100) -> list[str]:
@@ -80,6 +96,21 @@ def write_report_card(output_dir: str, report: dict, config: dict, findings) -> 
               f"at step {report['best_step']} (perplexity {report['initial_val_perplexity']:.1f} -> "
               f"{report['final_val_perplexity']:.1f}); last {report['last_val_loss']:.3f}."
               + (" Stopped early." if report["stopped_early"] else ""), ""]
+    test = report.get("test")
+    lines += ["## Test", ""]
+    if test:
+        lines += [test_line(test) + f" Intervals: {test['interval']}. The exported weights were chosen on "
+                  "validation; these documents chose nothing, so these are the figures to quote.", ""]
+        task = test.get("task_metrics")
+        if task:
+            lines += ["| metric | test | 95% interval |", "|---|---|---|"]
+            lines += [f"| {name} | {task[name]['value']:.1f} | "
+                      + (f"{task[name]['interval'][0]:.1f}-{task[name]['interval'][1]:.1f}" if task[name]["interval"]
+                         else "-") + " |" for name in settings.TASK_METRICS if name in task]
+            lines.append("")
+    else:
+        lines += ["No test split: pass `--config.data.test_files` (or keep `data.test_fraction` above 0 on a corpus "
+                  "of more than ~40 documents) for figures nothing was selected on.", ""]
     auto = report.get("learning_rate_auto")
     if auto:
         lines += [f"Learning rate (auto): {auto['learning_rate']:.3g}, {auto['reason']}; the range test cost "

@@ -17,13 +17,16 @@ class Timings:
 
     training = inside the compiled training calls (the first one includes tracing);
     evaluation = validation loss; generation = the sample generations; export =
-    the TF and PyTorch exports; report = report card, plot and report.json;
+    the TF and PyTorch exports; test = the test split scored once on the exported
+    model (loss, and task metrics of prompt/completion data); report = report card,
+    plot and report.json;
     startup = from process start to the step-0 evaluation (imports, data, tokenizer,
     doctor, model); first_step = from process start to the end of the first
     training call (startup + the base model's evaluation + the first call's tracing).
     """
 
-    PARTS = ("training", "evaluation", "generation", "task_metrics", "review", "lr_auto", "export", "report")
+    PARTS = ("training", "evaluation", "generation", "task_metrics", "review", "lr_auto", "export", "test",
+             "report")
 
     def __init__(self):
         self.seconds = dict.fromkeys(self.PARTS, 0.0)

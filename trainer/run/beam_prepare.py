@@ -4,6 +4,7 @@ Dataflow (many machines), with the same code.
 
     files --read (one file per element, streamed record by record; data.read)
           --normalise, key (data.keys.document_key)
+          --test: the keys above a fixed threshold (data.keys.test_threshold), set aside first
           --split: validation = the smallest keys (a bounded Top combiner, any runner)
           --tokenize in batches on every worker (data.tokens.encode_batch)
           --group by packing group (data.keys.group_of) -> rows per group (data.blocks.group_rows)
@@ -191,6 +192,15 @@ def build(pipeline, config, folder: str, tokenizer_path: str, pad_token_id: int,
                 | f"{label} spread" >> beam.Reshuffle())
 
     train = read("Train", data_config.train_files, "--config.data.train_files")
+    # The test split first, as load_documents and local_prepare take it: the rest of the
+    # pipeline sees the training files as if its documents were not there.
+    test = None
+    if data_config.test_files:
+        test = read("Test", data_config.test_files, "--config.data.test_files")
+    elif data_config.test_fraction > 0:
+        threshold = keys.test_threshold(data_config.test_fraction)
+        test = train | "Test documents" >> beam.Filter(lambda kv: keys.is_test(kv[0], threshold))
+        train = train | "Without test" >> beam.Filter(lambda kv: not keys.is_test(kv[0], threshold))
     # Documents and text of the training files, before any is held out: the split and the
     # audit's sample bound start from them (local_prepare.py counts the same in its first pass).
     count = train | "Count documents" >> beam.combiners.Count.Globally()
@@ -207,9 +217,10 @@ def build(pipeline, config, folder: str, tokenizer_path: str, pad_token_id: int,
         train, validation = parts.train, parts.validation
 
     outputs = {}
-    for split, documents in (("train", train), ("validation", validation)):
+    splits = [("train", train), ("validation", validation)] + ([("test", test)] if test is not None else [])
+    for split, documents in splits:
         label = split.capitalize()
-        keep_tail = split == "validation"
+        keep_tail = split != "train"  # validation and test: every token scored, one group
         tokenized = (documents
                      | f"{label} batches" >> beam.BatchElements(min_batch_size=64, max_batch_size=1024)
                      | f"{label} tokenize" >> beam.ParDo(Tokenize()))
@@ -285,12 +296,15 @@ def build(pipeline, config, folder: str, tokenizer_path: str, pad_token_id: int,
                                              beam.pvalue.AsSingleton(train_count), tokenizer_path, add_tokens,
                                              audit_settings, pairs))
 
-    def results(_, train_stats, train_shards, train_count_shards, validation_stats, validation_shards,
-                validation_count_shards, audit_result):
+    names = [split for split, _ in splits]
+
+    def results(_, audit_result, *per_split):
+        """per_split: (stats, shards, shard count) of each split of `names`, in order."""
         answer = {"audit": audit_result}
-        for split, stats, shards, count in (("train", train_stats, train_shards, train_count_shards),
-                                            ("validation", validation_stats, validation_shards,
-                                             validation_count_shards)):
+        for index, split in enumerate(names):
+            stats, shards, count = per_split[3 * index:3 * index + 3]
+            if split == "test" and not stats.get("documents"):
+                continue  # the test fraction took no document: no files for it, as local_prepare
             by_index = {s["index"]: s for s in shards}
             # A shard given no row (fewer rows than shards) is still a file, so names run 0..count-1.
             listed = [by_index.get(i) or write_shard_file(folder, split, i, count, []) for i in range(count)]
@@ -299,13 +313,9 @@ def build(pipeline, config, folder: str, tokenizer_path: str, pad_token_id: int,
 
     singleton = beam.pvalue.AsSingleton
     _ = (pipeline | "Results" >> beam.Create([None])
-         | "Write results" >> beam.Map(results, singleton(outputs["train"]["stats"]),
-                                       singleton(outputs["train"]["shards"]),
-                                       singleton(outputs["train"]["shard_count"]),
-                                       singleton(outputs["validation"]["stats"]),
-                                       singleton(outputs["validation"]["shards"]),
-                                       singleton(outputs["validation"]["shard_count"]),
-                                       singleton(audited)))
+         | "Write results" >> beam.Map(results, singleton(audited),
+                                       *[singleton(outputs[split][part]) for split in names
+                                         for part in ("stats", "shards", "shard_count")]))
 
 
 def _group_offsets(rows_per_group) -> dict:

@@ -10,7 +10,7 @@ from trainer import diagnosis
 from trainer import filesystem
 from trainer import model as model_lib
 from trainer import reporting
-from trainer.evaluation import review_sheet
+from trainer.evaluation import heldout, review_sheet
 from trainer.run.inputs import Prepared
 from trainer.run.loop import Loop
 from trainer.run.stages import Built, Devices, Launch, Outputs
@@ -28,6 +28,7 @@ def finish(launch: Launch, devices: Devices, prep: Prepared, outputs: Outputs, b
         model_lib.export_pytorch(model, tokenizer, outputs.layout.export_pytorch)
     review_paths = _review_sheet(config, loop) if config.eval.review_examples and loop.review_prompts else {}
     report = _report(launch, devices, prep, outputs, built, loop, step, best_step)
+    report["test"] = _test(config, prep, built, timings)
     report["review"] = review_paths
     report["comparison"] = _comparison(config, loop, report)
     report["monitors"] = sorted(loop.state["monitors"])
@@ -57,13 +58,24 @@ def _comparison(config, loop: Loop, report: dict) -> dict:
                         for s in tuned]}
 
 
+def _test(config, prep: Prepared, built: Built, timings) -> dict | None:
+    """The test split scored once, on the exported weights (None without a test split)."""
+    if prep.test_blocks is None:
+        return None
+    with timings.part("test"):
+        return heldout.score(built.model, prep.tokenizer, prep.test_blocks, prep.documents.test_pairs, config,
+                             prep.model_config.n_positions, config.eval.batch_size or config.train.batch_size,
+                             prep.documents.test_source)
+
+
 def _review_sheet(config, loop: Loop) -> dict:
     """The exported (best) model against the base model, blinded (review.csv, review.html)."""
     prompts = loop.review_prompts
     with loop.launch.timings.part("review"):
         base = loop.state["review_base"] or ["(not recorded: the run started before review sheets existed)"] * \
             len(prompts)
-        references = [c for _, c in loop.pairs[:len(prompts)]] if loop.pairs else [None] * len(prompts)
+        references = [c for _, c in loop.review_pairs[:len(prompts)]] if loop.review_pairs else \
+            [None] * len(prompts)
         return review_sheet.write_sheet(config.output_dir, [
             {"prompt": p, "base": b, "tuned": t, "reference": r}
             for p, b, t, r in zip(prompts, base, loop.review_outputs(), references)], config.seed)

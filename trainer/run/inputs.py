@@ -32,7 +32,8 @@ class Prepared:
     resolved: dict  # the config with derived values filled in
     train_source: object  # train_blocks, or data.Shards of prepared data (train_blocks is then None)
     fingerprint: dict     # rows, tokens and a hash of the token ids (checkpoints.data_fingerprint)
-    data_stats: dict      # {"train": Blocks.stats(), "validation": ...}
+    data_stats: dict      # {"train": Blocks.stats(), "validation": ..., "test": ... when there is one}
+    test_blocks: data_lib.Blocks | None = None  # scored once, on the exported model (finish)
 
 
 def prepare(config, log=reporting.say) -> Prepared:
@@ -48,7 +49,8 @@ def prepare(config, log=reporting.say) -> Prepared:
     # ------------------------------------------------------------------ data
     documents = data_lib.load_documents(config.data, config.seed, log)
     log(f"Documents: {len(documents.train):,} training, {len(documents.validation):,} validation "
-        f"({'held out from the training files' if documents.validation_source == 'split' else 'from files'}).")
+        f"({'held out from the training files' if documents.validation_source == 'split' else 'from files'}), "
+        + _test_words(documents, config.data) + ".")
 
     # ------------------------------------------------------------------ model files and tokenizer
     tokenizer, model_config = tokenizer_and_model_config(config, documents.train, log)
@@ -60,10 +62,26 @@ def prepare(config, log=reporting.say) -> Prepared:
     val_blocks = data_lib.make_blocks(documents.validation_pairs if pairs else documents.validation, tokenizer,
                                       config.data, "Tokenizing validation", keep_tail=True,
                                       seed=config.seed)
+    test_blocks = data_lib.make_blocks(documents.test_pairs if pairs else documents.test, tokenizer,
+                                       config.data, "Tokenizing test", keep_tail=True,
+                                       seed=config.seed) if documents.test else None
     fingerprint = data_lib.data_fingerprint(train_blocks, val_blocks)
     stats = {"train": train_blocks.stats(), "validation": val_blocks.stats()}
+    if test_blocks is not None:
+        stats["test"] = test_blocks.stats()
     return _plan(config, documents, tokenizer, model_config, train_blocks, val_blocks, train_blocks,
-                 fingerprint, stats, log)
+                 fingerprint, stats, log, test_blocks)
+
+
+def _test_words(documents, data_config) -> str:
+    if documents.test_source == "files":
+        return f"{len(documents.test):,} test (from files)"
+    if documents.test_source == "split":
+        return f"{len(documents.test):,} test (held out from the training files)"
+    if data_config.test_fraction > 0:  # the fraction took no document: a small corpus
+        return (f"no test split ({data_config.test_fraction:.0%} of so few documents took none; pass "
+                "--config.data.test_files for a final score nothing was selected on)")
+    return "no test split (--config.data.test_fraction=0)"
 
 
 def tokenizer_and_model_config(config, train_documents, log):
@@ -111,18 +129,32 @@ def _prepare_from_shards(config, log) -> Prepared:
         documents = data_lib.Documents(data_lib.decode_documents(train_sample, tokenizer),
                                        data_lib.decode_documents(val_blocks, tokenizer), "prepared")
     stats = {"train": train["stats"], "validation": manifest["splits"]["validation"]["stats"]}
+    test_blocks = None
+    if "test" in manifest["splits"]:  # written by trainer.prepare from data.test_files or test_fraction
+        test_blocks = shards_lib.read_blocks(config.data.prepared_dir, manifest, "test")
+        stats["test"] = manifest["splits"]["test"]["stats"]
+        if settings.is_prompt_completion(config.data):
+            documents.test_pairs = data_lib.decode_pairs(test_blocks, tokenizer)
+            documents.test = [p + c for p, c in documents.test_pairs]
+        else:
+            documents.test = data_lib.decode_documents(test_blocks, tokenizer)
+        documents.test_source = "prepared"
     log(f"Prepared data {config.data.prepared_dir}: {shards.rows:,} training rows in {len(shards.paths)} "
-        f"shard(s), {val_blocks.rows:,} validation rows; not tokenized again.")
+        f"shard(s), {val_blocks.rows:,} validation rows, "
+        + (f"{test_blocks.rows:,} test rows" if test_blocks is not None else "no test split") + "; not tokenized again.")
     return _plan(config, documents, tokenizer, model_config, None, val_blocks, shards,
-                 manifest["data_fingerprint"], stats, log)
+                 manifest["data_fingerprint"], stats, log, test_blocks)
 
 
 def _plan(config, documents, tokenizer, model_config, train_blocks, val_blocks, train_source, fingerprint,
-          stats, log) -> Prepared:
+          stats, log, test_blocks=None) -> Prepared:
     if val_blocks.supervised_tokens == 0:
         raise UserError("The validation documents hold no token to score. Add validation data or raise "
                         "--config.data.validation_fraction.")
-    for split, s in (("training", stats["train"]), ("validation", stats["validation"])):
+    for split, s in (("training", stats["train"]), ("validation", stats["validation"]),
+                     ("test", stats.get("test"))):
+        if s is None:
+            continue
         if "truncated_completions" in s:  # prompt/completion: prompts are cut from the left
             cut = s["truncated_documents"] - s["truncated_completions"]
             log(f"{split.capitalize()}: {s['documents']:,} examples, {s['tokens']:,} tokens -> {s['rows']:,} rows "
@@ -151,4 +183,4 @@ def _plan(config, documents, tokenizer, model_config, train_blocks, val_blocks, 
     resolved["train"]["eval_every_steps"] = plan.eval_every_steps
     resolved["train"]["checkpoint_every_steps"] = plan.checkpoint_every_steps
     return Prepared(config, documents, tokenizer, model_config, train_blocks, val_blocks, plan, resolved,
-                    train_source, fingerprint, stats)
+                    train_source, fingerprint, stats, test_blocks)

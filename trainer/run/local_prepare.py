@@ -164,6 +164,10 @@ def run(config, folder: str, tokenizer_path: str, pad_token_id: int, num_shards,
     train_files = data_lib.expand_files(data_config.train_files, "--config.data.train_files")
     validation_files = (data_lib.expand_files(data_config.validation_files, "--config.data.validation_files")
                         if data_config.validation_files else [])
+    test_files = data_lib.expand_files(data_config.test_files, "--config.data.test_files") \
+        if data_config.test_files else []
+    # Test documents of the training files are set aside first, as load_documents does.
+    test_threshold = None if test_files else keys.test_threshold(data_config.test_fraction)
 
     def keyed(files):
         for document in _documents(files, data_config, pairs):
@@ -173,6 +177,8 @@ def run(config, folder: str, tokenizer_path: str, pad_token_id: int, num_shards,
     count, text_total, smallest = 0, 0, []  # smallest: a max-heap (negated) of the N smallest keys
     limit = max(1, data_config.validation_max_examples)
     for key, document in keyed(train_files):
+        if keys.is_test(key, test_threshold):
+            continue
         count += 1
         text_total += diagnosis.text_bytes(document)
         if len(smallest) < limit:
@@ -195,14 +201,17 @@ def run(config, folder: str, tokenizer_path: str, pad_token_id: int, num_shards,
             auditing = audit_settings.get("enabled", True)
             audit_bound = diagnosis.audit_bound(text_total) if auditing else 0
             audit_train, audit_validation = [], []
-            totals = {"train": 0, "validation": 0}  # tokens
-            documents_of = {"train": 0, "validation": 0}
+            totals = {"train": 0, "validation": 0, "test": 0}  # tokens
+            documents_of = {"train": 0, "validation": 0, "test": 0}
             paths = {split: os.path.join(spill, f"{split}.tokens") for split in totals}
             outs = {split: open(path, "wb") for split, path in paths.items()}
 
-            sources = [(train_files, lambda key: "validation" if is_validation(key) else "train")]
+            sources = [(train_files, lambda key: "test" if keys.is_test(key, test_threshold) else
+                        "validation" if is_validation(key) else "train")]
             if validation_files:
                 sources.append((validation_files, lambda key: "validation"))
+            if test_files:
+                sources.append((test_files, lambda key: "test"))
             for files, split_of in sources:
                 documents = _spread(keyed(files), split_of, audit_bound, audit_train,
                                     audit_validation if auditing else None)
@@ -218,7 +227,9 @@ def run(config, folder: str, tokenizer_path: str, pad_token_id: int, num_shards,
 
         # ---------------------------------------------------------------- passes 3 and 4, per split
         answer = {}
-        for split in ("train", "validation"):
+        for split in ("train", "validation", "test"):
+            if split == "test" and not documents_of["test"]:
+                continue  # no test split: no files for it
             answer[split] = _rows_and_shards(split, paths[split], totals[split], spill, folder, seed, block_size,
                                              batching, pad_token_id, num_shards if split == "train" else None,
                                              bytes_per_row)
@@ -236,14 +247,14 @@ def _spread(documents, split_of, audit_bound, audit_train, audit_validation):
         if split == "validation":
             if audit_validation is not None:
                 audit_validation.append((key, document))
-        elif key < audit_bound:
+        elif split == "train" and key < audit_bound:
             audit_train.append((key, document))
         yield key, document, split
 
 
 def _rows_and_shards(split, tokens_path, total_tokens, spill, folder, seed, block_size, batching, pad_token_id,
                      num_shards, bytes_per_row) -> dict:
-    keep_tail = split == "validation"
+    keep_tail = split != "train"  # validation and test: every token scored, one group
     groups = 1 if keep_tail else keys.group_count(total_tokens)
     # Deal the spilled documents into one file per group (groups are known only now).
     group_paths = [os.path.join(spill, f"{split}.group-{g}") for g in range(groups)]

@@ -111,8 +111,16 @@ class Loop:
             log(f"Task metrics: {len(self.task.examples)} held-out prompts completed greedily at each evaluation "
                 f"(up to {self.task.max_new_tokens} tokens each), scored against their completions; the best "
                 f"weights are picked by {config.train.select_best_by}.")
-        self.review_prompts = [p for p, _ in pairs[:config.eval.review_examples]] if pairs else \
-            evaluation.default_prompts(documents.validation, config.eval.review_examples, words=8)
+        # The review sheet's prompts come from the test split when there is one: validation's
+        # prompts chose the exported checkpoint (by loss or task metric), so a person rating
+        # completions of those prompts would see the tuned model at its luckiest.
+        if documents.test:
+            self.review_pairs = documents.test_pairs
+            review_texts = documents.test
+        else:
+            self.review_pairs, review_texts = pairs, documents.validation
+        self.review_prompts = [p for p, _ in self.review_pairs[:config.eval.review_examples]] if self.review_pairs \
+            else evaluation.default_prompts(review_texts, config.eval.review_examples, words=8)
         self.training_ngrams = diagnosis.TrainingNgrams(documents.train) if self.chief else None
         self.hypertune = vertex.HypertuneReporter(enabled=self.chief)  # a no-op outside a Vertex tuning trial
 

@@ -45,7 +45,8 @@ def _settings(config, tokenizer) -> dict:
         "files": {split: [{"path": path, "bytes": filesystem.size(path)}
                           for path in data_lib.expand_files(spec, f"--config.data.{split}_files")]
                   for split, spec in (("train", config.data.train_files),
-                                      ("validation", config.data.validation_files)) if spec},
+                                      ("validation", config.data.validation_files),
+                                      ("test", config.data.test_files)) if spec},
     }
 
 
@@ -60,7 +61,8 @@ def _differences(manifest: dict, config, wanted: dict, num_shards) -> list[str]:
         if stored != wanted["data"][key]:
             differences.append(f"--config.data.{key}={wanted['data'][key]!r} (prepared with {stored!r})")
     if not differences and manifest.get("files") != wanted["files"]:
-        differences.append("the files of --config.data.train_files/validation_files (sizes or names changed)")
+        differences.append("the files of --config.data.train_files/validation_files/test_files (sizes or names "
+                           "changed)")
     if num_shards and num_shards != len(manifest["splits"]["train"]["shards"]):
         differences.append(f"--shards={num_shards} (prepared with {len(manifest['splits']['train']['shards'])})")
     return differences
@@ -182,6 +184,7 @@ def runner_options(config, runner: str, project=None, region=None, temp_location
     paths = {"--temp_location": temp_location, "--config.data.prepared_dir": config.data.prepared_dir,
              "--config.data.train_files": config.data.train_files,
              "--config.data.validation_files": config.data.validation_files,
+             "--config.data.test_files": config.data.test_files,
              "--config.model.tokenizer": config.model.tokenizer or config.model.name_or_path}
     local = [f"{flag}={value}" for flag, value in paths.items() if value and not filesystem.is_remote(value)]
     if local:
@@ -277,7 +280,7 @@ def prepare_data(config, num_shards: int | None = None, log=reporting.say, overw
     splits = {split: {"rows": sum(s["rows"] for s in answer[split]["shards"]), "shards": answer[split]["shards"],
                       "stats": answer[split]["stats"],
                       "bytes": sum(s["rows"] for s in answer[split]["shards"]) * bytes_per_row}
-              for split in ("train", "validation")}
+              for split in ("train", "validation", "test") if split in answer}
     fingerprint = {"train_rows": splits["train"]["rows"], "train_tokens": splits["train"]["stats"]["tokens"],
                    "validation_rows": splits["validation"]["rows"],
                    "validation_tokens": splits["validation"]["stats"]["tokens"],
@@ -291,12 +294,12 @@ def prepare_data(config, num_shards: int | None = None, log=reporting.say, overw
         diagnosis.write_outputs(findings, audit_stats, folder)
     filesystem.write_json(filesystem.join(folder, MANIFEST), manifest)  # last: its presence means complete
 
-    for split in ("train", "validation"):
+    for split in splits:
         entry, stats = splits[split], splits[split]["stats"]
         log(f"Wrote {split}: {entry['rows']:,} rows of {width} tokens ({stats['tokens']:,} tokens of "
             f"{stats['documents']:,} documents) in {len(entry['shards'])} shard(s), "
             f"{entry['bytes'] / 2**20:,.1f} MB.")
-    tokens = splits["train"]["stats"]["tokens"] + splits["validation"]["stats"]["tokens"]
+    tokens = sum(entry["stats"]["tokens"] for entry in splits.values())
     log(f"Prepared {folder} in {time.perf_counter() - started:.1f} s (pipeline {finished - started:.1f} s, "
         f"{tokens / max(finished - started, 1e-9):,.0f} tokens/s).")
     return manifest

@@ -25,17 +25,32 @@ def token_sums(logits, labels, with_accuracy: bool = True):
     import tensorflow as tf
 
     logits = tf.cast(logits, tf.float32)  # a no-op in float32; bfloat16 logits are scored in float32
+    losses, mask, targets = token_losses(logits, labels)
+    sums = (tf.reduce_sum(losses), tf.reduce_sum(mask))
+    if not with_accuracy:
+        return sums
+    correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=targets.dtype), targets), tf.float32)
+    return sums + (tf.reduce_sum(correct * mask),)
+
+
+def token_losses(logits, labels):
+    """([batch, T] cross-entropy, 0 where unsupervised; [batch, T] mask; shifted targets).
+
+    The per-position view of token_sums (the test split's per-row sums use it)."""
+    import tensorflow as tf
+
+    logits = tf.cast(logits, tf.float32)
     targets = tf.concat([labels[:, 1:], tf.fill([tf.shape(labels)[0], 1], tf.cast(IGNORE_INDEX, labels.dtype))],
                         axis=1)
     supervised = targets != IGNORE_INDEX
     mask = tf.cast(supervised, tf.float32)
     safe_targets = tf.where(supervised, targets, tf.zeros_like(targets))
-    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(safe_targets, logits)
-    sums = (tf.reduce_sum(losses * mask), tf.reduce_sum(mask))
-    if not with_accuracy:
-        return sums
-    correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=targets.dtype), targets), tf.float32)
-    return sums + (tf.reduce_sum(correct * mask),)
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(safe_targets, logits) * mask, mask, targets
+
+
+def logits_of(model, batch):
+    """The model's evaluation logits for a batch dict (input_ids, attention_mask)."""
+    return _logits(model, batch, False)
 
 
 def _logits(model, batch, training):
