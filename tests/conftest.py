@@ -87,6 +87,9 @@ def small_config(output_dir, train_files, model_dir, **overrides):
     # the suite's exact comparisons must not depend on the machine it runs on.
     config.runtime.precision = "float32"
     config.data.cache_dir = ""  # each test tokenizes; the cache has its own tests
+    # No test split unless a test asks for one (tests/test_heldout.py, the task and prepare
+    # tests, the main job): the suite's exact row and step counts predate it.
+    config.data.test_fraction = 0.0
     settings.override(config, overrides)
     config.lock()
     return config
@@ -130,7 +133,7 @@ def cli_args(config, **overrides):
               "optim.learning_rate": config.optim.learning_rate,
               "eval.max_new_tokens": config.eval.max_new_tokens, "eval.num_prompts": config.eval.num_prompts,
               "runtime.precision": config.runtime.precision, "data.cache_dir": config.data.cache_dir,
-              **overrides}
+              "data.test_fraction": config.data.test_fraction, **overrides}
     return ["--config=configs/default.py"] + [f"--config.{k}={v}" for k, v in values.items()]
 
 

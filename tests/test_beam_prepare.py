@@ -28,11 +28,11 @@ def test_every_runner_and_process_count_writes_the_same_shards(tmp_path, corpus_
     read it: local and Beam's DirectRunner, in one process and in two, write byte-identical
     shards and the same manifest."""
     config = small_config(tmp_path / "run", corpus_file, tiny_model_dir,
-                          **{"data.prepared_dir": str(tmp_path / "local-1")})
+                          **{"data.prepared_dir": str(tmp_path / "local-1"), "data.test_fraction": 0.05})
     reference = preparation.prepare_data(config, log=quiet)  # local, this process
     folders = {"local-1": reference}
     direct = small_config(tmp_path / "run", corpus_file, tiny_model_dir,
-                          **{"data.prepared_dir": str(tmp_path / "direct-1")})
+                          **{"data.prepared_dir": str(tmp_path / "direct-1"), "data.test_fraction": 0.05})
     folders["direct-1"] = preparation.prepare_data(direct, log=quiet, runner="DirectRunner")
     for runner in ("local", "DirectRunner"):
         name = f"{runner}-2"
@@ -41,6 +41,7 @@ def test_every_runner_and_process_count_writes_the_same_shards(tmp_path, corpus_
         assert done.returncode == 0, done.stderr[-3000:]
         assert "in 2 process(es)" in done.stdout + done.stderr
         folders[name] = shards_lib.read_manifest(str(tmp_path / name))
+    assert reference["splits"]["test"]["rows"] > 0  # the test split's branch of the pipeline ran
     for name, manifest in folders.items():
         assert manifest["data_fingerprint"] == reference["data_fingerprint"], name
         assert manifest["splits"] == reference["splits"], name

@@ -34,7 +34,7 @@ def test_the_test_split_is_the_top_of_the_key_range_and_keeps_copies_together():
 def test_load_documents_takes_test_before_validation(tmp_path):
     path = tmp_path / "corpus.jsonl"
     write_jsonl(path, make_documents(400))
-    config = small_config(tmp_path / "out", str(path), "unused")
+    config = small_config(tmp_path / "out", str(path), "unused", **{"data.test_fraction": 0.05})
     documents = data_lib.load_documents(config.data, config.seed)
     assert documents.test_source == "split" and 5 <= len(documents.test) <= 40
     assert len(documents.validation) == round(0.1 * (400 - len(documents.test)))  # 10% of what is left

@@ -121,6 +121,22 @@ def test_plan_derives_what_is_unset_and_keeps_what_is_set():
     p = optimization.plan_training(config, train_rows=1600, n_embd=768)
     assert (p.learning_rate, p.epochs, p.total_steps) == (3e-5, 5, 120)
     assert "optim.learning_rate" not in p.derived
+    assert p.early_stopping_patience == 3  # free text: the loss selects
+
+
+def test_patience_is_derived_from_the_evaluation_count_when_a_task_metric_selects():
+    config = default.get_config()
+    config.data.block_size, config.train.batch_size = 128, 16
+    config.data.prompt_field, config.data.completion_field = "prompt", "completion"
+    p = optimization.plan_training(config, train_rows=1600, n_embd=768)  # 300 steps, every 15: 20 evaluations
+    assert p.early_stopping_patience == 6 and "30% of the 20 planned evaluations" in \
+        p.derived["train.early_stopping_patience"]
+    config.train.eval_every_steps = 100  # 3 evaluations: 30% is 1, at least 3
+    assert optimization.plan_training(config, train_rows=1600, n_embd=768).early_stopping_patience == 3
+    config.train.early_stopping_patience = 0  # set: kept
+    assert optimization.plan_training(config, train_rows=1600, n_embd=768).early_stopping_patience == 0
+    config.train.early_stopping_patience, config.train.select_best_by = None, "loss"
+    assert optimization.plan_training(config, train_rows=1600, n_embd=768).early_stopping_patience == 3
 
 
 def test_evaluation_interval_keeps_a_validation_pass_under_a_tenth_of_the_training_between():

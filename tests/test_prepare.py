@@ -18,7 +18,8 @@ from trainer.data.shards import FEATURES
 def in_memory(config):
     """train.prepare on the same config without prepared_dir: the rows a run tokenizes at launch."""
     return train.prepare(small_config(config.output_dir, config.data.train_files, config.model.name_or_path,
-                                      **{"data.batching": config.data.batching}), log=quiet)
+                                      **{"data.batching": config.data.batching,
+                                         "data.test_fraction": config.data.test_fraction}), log=quiet)
 
 
 @pytest.fixture(scope="module", params=["packed", "padded"])
@@ -42,8 +43,7 @@ def test_shards_hold_the_in_memory_rows(prepared):
     config, manifest, prep = prepared
     folder = config.data.prepared_dir
     assert shards_lib.read_manifest(folder) == manifest  # what was returned is what is on disk
-    assert prep.test_blocks is not None and prep.test_blocks.rows > 0  # data.test_fraction's 5% of the corpus
-    for split, blocks in (("train", prep.train_blocks), ("validation", prep.val_blocks), ("test", prep.test_blocks)):
+    for split, blocks in (("train", prep.train_blocks), ("validation", prep.val_blocks)):
         read = shards_lib.read_blocks(folder, manifest, split)
         assert all(getattr(read, name).dtype == np.int32 for name in FEATURES)
         # The Beam pipeline and the in-process path make the same rows (data/keys.py); the
@@ -63,6 +63,31 @@ def test_shards_hold_the_in_memory_rows(prepared):
         "count": len(lengths), "mean": pytest.approx(lengths.mean()), "p50": np.percentile(lengths, 50),
         "p90": np.percentile(lengths, 90), "max": lengths.max()}
     assert manifest["tokenizer"]["sha256"] == data_tokens.tokenizer_hash(prep.tokenizer)
+
+
+def test_the_test_split_is_prepared_as_in_memory_and_read_back_by_the_trainer(tmp_path, corpus_file,
+                                                                               tiny_model_dir):
+    """data.test_fraction: the same documents leave training and form the same test rows in the
+    shards as in memory, and a run on the shards scores them."""
+    config = small_config(tmp_path / "run", corpus_file, tiny_model_dir, **{
+        "data.prepared_dir": str(tmp_path / "prepared"), "data.test_fraction": 0.05})
+    manifest = prepare.prepare_data(config, log=quiet)
+    memory = in_memory(config)
+    assert memory.test_blocks is not None and memory.test_blocks.rows > 0
+    for split, blocks in (("train", memory.train_blocks), ("validation", memory.val_blocks),
+                          ("test", memory.test_blocks)):
+        read = shards_lib.read_blocks(config.data.prepared_dir, manifest, split)
+        assert rows_of(read) == rows_of(blocks), split
+        assert read.stats() == blocks.stats() == manifest["splits"][split]["stats"], split
+    from_shards = train.prepare(config, log=quiet)
+    assert rows_of(from_shards.test_blocks) == rows_of(memory.test_blocks)
+    assert from_shards.documents.test_source == "prepared" and from_shards.data_stats["test"] == \
+        memory.data_stats["test"]
+    # Another fraction is another split: the folder refuses it by name.
+    other = small_config(tmp_path / "run", corpus_file, tiny_model_dir, **{
+        "data.prepared_dir": str(tmp_path / "prepared"), "data.test_fraction": 0.1})
+    with pytest.raises(UserError, match=r"--config.data.test_fraction=0.1 \(prepared with 0.05\)"):
+        prepare.prepare_data(other, log=quiet)
 
 
 def test_read_blocks_reads_a_sample_and_refuses_a_damaged_shard(prepared, tmp_path):
@@ -168,7 +193,7 @@ def test_refuses_a_folder_of_someone_elses_files_and_overwrites_its_own_leftover
     (killed / "validation-00000-of-00001.tfrecord").write_bytes(b"")
     config = small_config(tmp_path / "run", corpus_file, tiny_model_dir, **{"data.prepared_dir": str(killed)})
     manifest = prepare.prepare_data(config, log=quiet)
-    expected = {s["file"] for split in shards_lib.SPLITS for s in manifest["splits"][split]["shards"]}
+    expected = {s["file"] for split in manifest["splits"] for s in manifest["splits"][split]["shards"]}
     assert set(os.listdir(killed)) == expected | {"manifest.json", *prepare.DOCTOR_FILES}
     validation = shards_lib.read_blocks(str(killed), manifest, "validation")
     assert validation.rows == manifest["splits"]["validation"]["rows"]
@@ -187,7 +212,7 @@ def test_overwrite_replaces_a_folder_prepared_with_other_settings(tmp_path, corp
     assert manifest["block_size"] == 16
     assert sorted(os.listdir(folder)) == sorted(
         ["manifest.json", *prepare.DOCTOR_FILES] +
-        [s["file"] for split in shards_lib.SPLITS for s in manifest["splits"][split]["shards"]])
+        [s["file"] for split in manifest["splits"] for s in manifest["splits"][split]["shards"]])
 
 
 def test_bootstrap_tiny_builds_the_tokenizer_first_and_a_rebuilt_one_is_the_same(tmp_path, corpus_file):

@@ -44,7 +44,7 @@ def task_files(tmp_path_factory):
 
 TASK = {"data.prompt_field": "prompt", "data.completion_field": "completion", "train.epochs": 3,
         "train.eval_every_steps": 10, "eval.task_examples": 16, "eval.review_examples": 6,
-        "train.early_stopping_patience": 0, "preflight": "off"}
+        "train.early_stopping_patience": 0, "preflight": "off", "data.test_fraction": 0.05}
 
 
 @pytest.fixture(scope="module")
@@ -273,17 +273,21 @@ def test_a_run_from_before_the_new_config_keys_still_resumes(tmp_path, corpus_fi
     from trainer.training import checkpoints
     from trainer import settings
 
-    config = small_config(tmp_path / "out", corpus_file, tiny_model_dir)
+    config = small_config(tmp_path / "out", corpus_file, tiny_model_dir, **{"data.test_fraction": 0.05})
     requested = settings.resolve(config).to_dict()  # what a launch stores: the checked, resolved config
-    for key in ("prompt_field", "completion_field"):
+    for key in ("prompt_field", "completion_field", "test_fraction", "test_files"):
         del requested["data"][key]
     del requested["train"]["select_best_by"]
     os.makedirs(config.output_dir)
     with open(os.path.join(config.output_dir, "config.json"), "w") as f:
         json.dump({"tunewell": {"format": checkpoints.RUN_FORMAT}, "requested": requested}, f)
     run_dir = checkpoints.OutputDir(config.output_dir)
+    with pytest.raises(Exception, match=r"data.test_fraction: 0.0 -> 0.05"):  # it had no test split
+        run_dir.check_config(settings.resolve(config))
+    config = small_config(tmp_path / "out", corpus_file, tiny_model_dir, **{"data.test_fraction": 0.0})
     run_dir.check_config(settings.resolve(config))  # no error
     changed = small_config(tmp_path / "out", corpus_file, tiny_model_dir, **{"data.prompt_field": "q",
-                                                                            "data.completion_field": "a"})
+                                                                            "data.completion_field": "a",
+                                                                            "data.test_fraction": 0.0})
     with pytest.raises(Exception, match="data.completion_field: '' -> 'a'"):
         run_dir.check_config(settings.resolve(changed))

@@ -125,9 +125,9 @@ RULES = {
     "train.epochs": (_int(1, optional=True), "at least 1, or unset to derive it"),
     "train.max_steps": (_int(0), "0 (no cap) or more"),
     "train.eval_every_steps": (_int(1, optional=True), "at least 1, or unset to derive it"),
-    "train.early_stopping_patience": (_int(0), "0 (never stop early) or more"),
+    "train.early_stopping_patience": (_int(0, optional=True), "0 (never stop early) or more, or None (derived)"),
     "train.early_stopping_min_delta": (_number(0), "0 or more nats"),
-    "train.select_best_by": (_choice("loss", *TASK_METRICS), "loss, " + ", ".join(TASK_METRICS)),
+    "train.select_best_by": (_choice("auto", "loss", *TASK_METRICS), "auto, loss, " + ", ".join(TASK_METRICS)),
     "train.checkpoint_every_steps": (_int(1, optional=True), "at least 1, or unset (at every evaluation)"),
     "train.keep_checkpoints": (_int(1), "at least 1 (the latest state is what a resume needs)"),
     "train.log_every_steps": (_int(1), "at least 1, e.g. 10"),
@@ -201,11 +201,11 @@ def check(config) -> None:
         raise UserError(f"--config.data.{given} is set but --config.data.{missing} is not: prompt/completion "
                         "data needs both (e.g. --config.data.prompt_field=prompt "
                         "--config.data.completion_field=completion), free text neither.")
-    if config.train.select_best_by != "loss" and not d.prompt_field:
+    if config.train.select_best_by not in ("auto", "loss") and not d.prompt_field:
         raise UserError(f"--config.train.select_best_by={config.train.select_best_by} scores completions of "
                         "prompt/completion data: set --config.data.prompt_field and "
                         "--config.data.completion_field, or use --config.train.select_best_by=loss.")
-    if config.train.select_best_by != "loss" and config.eval.task_examples == 0:
+    if config.train.select_best_by not in ("auto", "loss") and config.eval.task_examples == 0:
         raise UserError(f"--config.train.select_best_by={config.train.select_best_by} needs task metrics: "
                         "set --config.eval.task_examples above 0 (e.g. 64).")
     tiny = config.model.tiny
@@ -237,6 +237,7 @@ def resolve(config):
         node = resolved[section] if section else resolved
         node[name] = filesystem.expand(node[name])
     resolved.data.batching = batching_of(resolved.data)
+    resolved.train.select_best_by = select_by_of(resolved)
     vertex_outputs = vertex.output_locations()
     if vertex_outputs and not filesystem.is_remote(resolved.output_dir):
         # On Vertex a local folder dies with the job's VM: the job's baseOutputDirectory it is.
@@ -253,6 +254,14 @@ def resolve(config):
 def is_prompt_completion(data_config) -> bool:
     """Prompt/completion data: both fields named (configs/default.py, data.prompt_field)."""
     return bool(data_config.prompt_field and data_config.completion_field)
+
+
+def select_by_of(config) -> str:
+    """train.select_best_by with "auto" decided: token_f1 for prompt/completion data scored
+    by task metrics, the loss otherwise (configs/default.py says why)."""
+    if config.train.select_best_by != "auto":
+        return config.train.select_best_by
+    return "token_f1" if is_prompt_completion(config.data) and config.eval.task_examples else "loss"
 
 
 def batching_of(data_config) -> str:

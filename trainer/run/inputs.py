@@ -42,7 +42,12 @@ def prepare(config, log=reporting.say) -> Prepared:
     From raw files (tokenized here, in memory) or from prepared shards
     (`python -m trainer.prepare`: read from the manifest, not tokenized again)."""
     # ------------------------------------------------------------------ settings
+    asked_select_by = config.train.select_best_by
     config = settings.resolve(config)
+    if asked_select_by == "auto" and config.train.select_best_by != "loss":  # the loss goes without saying
+        log(f"Derived train.select_best_by = {config.train.select_best_by}: prompt/completion data scored by task "
+            "metrics, so the exported weights are those that do the task best, not those that fit the "
+            "completions' wording best.")
     if config.data.prepared_dir:
         return _prepare_from_shards(config, log)
 
@@ -182,5 +187,6 @@ def _plan(config, documents, tokenizer, model_config, train_blocks, val_blocks, 
     resolved["train"]["epochs"] = plan.epochs
     resolved["train"]["eval_every_steps"] = plan.eval_every_steps
     resolved["train"]["checkpoint_every_steps"] = plan.checkpoint_every_steps
+    resolved["train"]["early_stopping_patience"] = plan.early_stopping_patience
     return Prepared(config, documents, tokenizer, model_config, train_blocks, val_blocks, plan, resolved,
                     train_source, fingerprint, stats, test_blocks)

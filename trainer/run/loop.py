@@ -286,7 +286,7 @@ class Loop:
                      f"best {select_by} {-state['best_score']:.1f}")
         log(f"Step {at_step}: validation loss {val_loss:.4f} (perplexity {math.exp(min(val_loss, 50)):.1f};"
             f"{task_line} {best_line} at step {state['best_step']}).")
-        patience = config.train.early_stopping_patience
+        patience = self.plan.early_stopping_patience
         if patience and state["evals_since_best"] >= patience:
             state["stopped_early"] = True
             log(f"Early stop: no improvement in {patience} evaluations.")

@@ -35,9 +35,12 @@ RUN_FORMAT = 2
 # stored plan's total steps as they were (checked against the plan).
 RESUMABLE_CHANGES = ("runtime.", "eval.", "preflight", "train.log_every_steps", "train.max_steps",
                      "train.early_stopping", "train.keep_checkpoints", "train.checkpoint_every_steps")
-# Plan fields a resume may change: how often to save does not change the model.
-RESUMABLE_PLAN_FIELDS = ("checkpoint_every_steps",)
+# Plan fields a relaunch may change: they decide when to save or stop, not the schedule.
+RESUMABLE_PLAN_FIELDS = ("checkpoint_every_steps", "early_stopping_patience")
 # What tunewell itself writes into an output directory (and trainer.doctor / lr_find).
+# What a key added to the schema since held in a run that predates it, where that is not
+# today's default: such runs had no test split, and selected by the loss unless told.
+PREDATING_VALUES = {"data.test_fraction": 0.0, "data.test_files": "", "train.select_best_by": "loss"}
 RUN_FILES = {"config.json", "report.json", "report.md", "curves.png", "metrics.jsonl", "doctor.json",
              "doctor.md", "logs", "checkpoints", "export", "export_pytorch", "lr_find",
              "review.html", "review.csv", "review_key.csv", "review_result.json",
@@ -109,7 +112,8 @@ class OutputDir:
         from configs import default
 
         # A key the stored run predates (added to the schema since) held its default then.
-        old = {**settings.flatten(default.get_config()), **settings.flatten(self.stored["requested"])}
+        old = {**settings.flatten(default.get_config()), **PREDATING_VALUES,
+               **settings.flatten(self.stored["requested"])}
         new = settings.flatten(config.to_dict())
         changed = [k for k in sorted(set(old) | set(new))
                    if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES)]
@@ -146,6 +150,7 @@ class OutputDir:
                 f", which fixes the learning-rate decay, warm-up and evaluation interval of {self.path}. "
                 f"Resume with --config.train.max_steps={old_max}, or start a new --config.output_dir.")
         stored["checkpoint_every_steps"] = plan.checkpoint_every_steps
+        stored["early_stopping_patience"] = plan.early_stopping_patience
         return TrainingPlan(**stored, derived=self.stored.get("derived", {}))
 
     def write_config(self, requested, resolved, plan, fingerprint, data_stats, layout: Layout,
