@@ -100,6 +100,12 @@ def get_config():
     # prompt/completion data (an example alone in its row is not distracted by the
     # ones before it: README "Packed or padded, measured").
     config.data.batching = "auto"
+    # What a token of a packed row attends to: "row" (everything before it in the row,
+    # GPT-2's pretraining recipe: a document's first tokens see the end of another) or
+    # "document" (only its own document, positions restarting at 0 at each one, as the
+    # document will be seen at inference; trainer/model/documents.py). Padded rows hold
+    # one document each and are the same either way.
+    config.data.packed_attention = "row"
     # Processes for batched tokenization (datasets.map num_proc).
     config.data.num_proc = 1
     # Token ids of raw files are cached here, keyed by the tokenizer and the

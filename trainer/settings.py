@@ -95,6 +95,7 @@ RULES = {
     "data.normalize": (_normalize_steps, '"" or a comma-separated subset of control,nfkc,whitespace,lowercase'),
     "data.block_size": (_int(2), "at least 2 tokens, e.g. 512"),
     "data.batching": (_choice("auto", "packed", "padded"), "auto, packed or padded"),
+    "data.packed_attention": (_choice("row", "document"), "row or document"),
     "data.num_proc": (_int(1), "at least 1"),
     "data.cache_dir": (_text(allow_empty=True), '"auto", a local or gs:// folder, or "" for no token cache'),
     "data.prepared_dir": (_text(allow_empty=True), "a folder written by python -m trainer.prepare, or empty"),
@@ -262,6 +263,14 @@ def select_by_of(config) -> str:
     if config.train.select_best_by != "auto":
         return config.train.select_best_by
     return "token_f1" if is_prompt_completion(config.data) and config.eval.task_examples else "loss"
+
+
+def document_eos_id(data_config, eos_token_id: int) -> int | None:
+    """The token that ends a document when packed documents attend only to themselves
+    (data.packed_attention=document on packed rows), else None (the whole row)."""
+    if data_config.packed_attention == "document" and batching_of(data_config) == "packed":
+        return eos_token_id
+    return None
 
 
 def batching_of(data_config) -> str:

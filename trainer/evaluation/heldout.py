@@ -24,7 +24,8 @@ def score(model, tokenizer, blocks, pairs, config, n_positions: int, batch_size:
     row keeps them together; rows of one long document are treated as independent, so
     for long documents the interval is somewhat narrow)."""
     seed = config.seed
-    loss_sums, counts = loss_lib.row_sums(model, blocks, batch_size)
+    loss_sums, counts = loss_lib.row_sums(model, blocks, batch_size,
+                                          settings.document_eos_id(config.data, tokenizer.eos_token_id))
     scored = counts > 0
     tokens = float(counts.sum())
     loss = float(loss_sums.sum() / max(tokens, 1.0))

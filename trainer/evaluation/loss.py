@@ -28,7 +28,7 @@ def evaluate(eval_step, distributed_dataset, should_stop=lambda: False) -> dict 
             "tokens": int(count)}
 
 
-def row_sums(model, blocks, batch_size: int):
+def row_sums(model, blocks, batch_size: int, document_eos_id: int | None = None):
     """(loss sum, scored tokens) of each row of `blocks`, numpy float64 [rows] each.
 
     On this process, outside any distribution strategy (the chief scores the test split
@@ -38,7 +38,8 @@ def row_sums(model, blocks, batch_size: int):
 
     @tf.function
     def sums(input_ids, attention_mask, labels):
-        logits = steps.logits_of(model, {"input_ids": input_ids, "attention_mask": attention_mask})
+        logits = steps.logits_of(model, {"input_ids": input_ids, "attention_mask": attention_mask},
+                                 document_eos_id)
         losses, mask, _ = steps.token_losses(logits, labels)
         return tf.reduce_sum(losses, axis=1), tf.reduce_sum(mask, axis=1)
 

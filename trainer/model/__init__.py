@@ -6,6 +6,7 @@ here, exports, and the sampler.
     tiny.py       build_tiny: a byte-level BPE and a random GPT-2, saved as any checkpoint
     export.py     export_tf, export_pytorch
     sampler.py    generate, sample_generations, complete (compiled key/value-cache decoding)
+    documents.py  packed rows whose documents attend only to themselves (position ids, mask)
 
 This package imports only the foundation: training, evaluation, the doctor and
 the run use it. Its callers use the names below.

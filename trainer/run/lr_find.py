@@ -22,6 +22,7 @@ import os
 from trainer import data as data_lib
 from trainer import filesystem
 from trainer import model as model_lib
+from trainer import settings
 from trainer.errors import UserError
 from trainer.run import inputs
 from trainer.training import checkpoints
@@ -138,7 +139,8 @@ def find_learning_rate(config, num_steps: int = 200, min_lr: float = 1e-7, max_l
         model_lib.match_vocabulary(model, prep.tokenizer, log)
         optimizer = make_sweep_optimizer(config.optim, min_lr, max_lr, num_steps)
     train_step = steps_lib.make_train_step(model, optimizer, strategy, config.train.grad_accum_steps,
-                                           config.optim.max_grad_norm)
+                                           config.optim.max_grad_norm, document_eos_id=settings.document_eos_id(
+                                               config.data, prep.tokenizer.eos_token_id))
     batches = strategy.experimental_distribute_dataset(data_lib.train_dataset(
         blocks, config.train.batch_size, steps_per_epoch, num_steps, 0, config.seed))
 

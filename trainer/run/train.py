@@ -159,9 +159,10 @@ def build(launch: Launch, devices: Devices, prep: Prepared, outputs: Outputs, lo
         # Slots exist before a restore, so it fills them at once (no deferred restore,
         # no "value in checkpoint could not be found" warnings when nothing trains).
         optimizer.build(model.trainable_variables)
+    eos = settings.document_eos_id(config.data, prep.tokenizer.eos_token_id)
     train_loop = steps_lib.make_train_loop(model, optimizer, strategy, config.train.grad_accum_steps,
-                                           config.optim.max_grad_norm, config.runtime.xla)
-    eval_step = steps_lib.make_eval_step(model, strategy)
+                                           config.optim.max_grad_norm, config.runtime.xla, eos)
+    eval_step = steps_lib.make_eval_step(model, strategy, eos)
     eval_batch = config.eval.batch_size or config.train.batch_size
     # Read once and kept: the validation rows are capped (data.validation_max_examples),
     # and a new tf.data iterator at each of ~20 evaluations cost ~40 ms of a ~240 ms
@@ -181,7 +182,9 @@ def _learning_rate(launch: Launch, devices: Devices, prep: Prepared, outputs: Ou
         return plan, resolved, lr_auto
     if lr_auto is None:
         with launch.timings.part("lr_auto"):
-            lr_auto = lr_range.auto_learning_rate(model, devices.strategy, prep.train_source, plan, config, log)
+            lr_auto = lr_range.auto_learning_rate(
+                model, devices.strategy, prep.train_source, plan, config, log,
+                settings.document_eos_id(config.data, prep.tokenizer.eos_token_id))
         if launch.chief:
             picked = lr_auto["learning_rate"]
             launch.run_dir.write_config(

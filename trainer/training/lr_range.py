@@ -145,7 +145,7 @@ def auto_budget(total_steps: int) -> int:
     return int(min(AUTO_MAX_STEPS, max(AUTO_MIN_STEPS, round(AUTO_SHARE * total_steps))))
 
 
-def auto_learning_rate(model, strategy, blocks, plan, config, log=print) -> dict:
+def auto_learning_rate(model, strategy, blocks, plan, config, log=print, document_eos_id: int | None = None) -> dict:
     """optim.learning_rate=auto: a short range test on the run's own model and data, then
     the weights are put back as they were.
 
@@ -169,7 +169,7 @@ def auto_learning_rate(model, strategy, blocks, plan, config, log=print) -> dict
     with strategy.scope():
         optimizer = make_sweep_optimizer(config.optim, min_lr, max_lr, num_steps)
     train_step = steps_lib.make_train_step(model, optimizer, strategy, config.train.grad_accum_steps,
-                                           config.optim.max_grad_norm)
+                                           config.optim.max_grad_norm, document_eos_id=document_eos_id)
     batches = data_lib.distributed_train_data(strategy, blocks, config.train.batch_size, plan.steps_per_epoch,
                                               num_steps, 0, config.seed)
     started = time.perf_counter()

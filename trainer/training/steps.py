@@ -9,6 +9,7 @@ averages per replica first, which weights a padded replica's tokens more.)
 """
 
 from trainer import faults
+from trainer.model import documents
 from trainer.data import IGNORE_INDEX
 
 
@@ -48,20 +49,27 @@ def token_losses(logits, labels):
     return tf.nn.sparse_softmax_cross_entropy_with_logits(safe_targets, logits) * mask, mask, targets
 
 
-def logits_of(model, batch):
+def logits_of(model, batch, document_eos_id: int | None = None):
     """The model's evaluation logits for a batch dict (input_ids, attention_mask)."""
-    return _logits(model, batch, False)
+    return _logits(model, batch, False, document_eos_id)
 
 
-def _logits(model, batch, training):
+def _logits(model, batch, training, document_eos_id: int | None = None):
+    """document_eos_id: packed rows whose documents attend only to themselves, split at
+    this token (data.packed_attention=document, trainer/model/documents.py); None: the row."""
     # use_cache=False: the key/value cache is for generation; the loss path would
     # otherwise build and return a [2, batch, heads, T, head_dim] tensor per layer.
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                 use_cache=False, training=training).logits
+    if document_eos_id is None:
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                     use_cache=False, training=training).logits
+    positions, mask = documents.document_inputs(batch["input_ids"], document_eos_id)
+    with documents.within_documents(mask):
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=positions,
+                     use_cache=False, training=training).logits
 
 
 def _replica_step_fn(model, optimizer, strategy, grad_accum_steps: int, max_grad_norm: float,
-                     xla: bool = False):
+                     xla: bool = False, document_eos_id: int | None = None):
     """One update as seen by one replica; returns that replica's share of the global sums."""
     import tensorflow as tf
 
@@ -75,7 +83,8 @@ def _replica_step_fn(model, optimizer, strategy, grad_accum_steps: int, max_grad
         so it is the part XLA compiles (runtime.xla)."""
         variables = model.trainable_variables
         with tf.GradientTape() as tape:
-            part_loss, _ = token_sums(_logits(model, part, True), part["labels"], with_accuracy=False)
+            part_loss, _ = token_sums(_logits(model, part, True, document_eos_id), part["labels"],
+                                      with_accuracy=False)
             scaled = part_loss / denominator * scale
         part_grads = tape.gradient(scaled, variables)
         part_grads = [tf.convert_to_tensor(g) if g is not None else tf.zeros_like(v)
@@ -125,7 +134,7 @@ def _replica_step_fn(model, optimizer, strategy, grad_accum_steps: int, max_grad
 
 
 def make_train_step(model, optimizer, strategy, grad_accum_steps: int, max_grad_norm: float,
-                    xla: bool = False):
+                    xla: bool = False, document_eos_id: int | None = None):
     """A tf.function taking one distributed global batch and applying one update.
 
     Returns global sums (loss_sum, count, tokens) and the pre-clip
@@ -135,7 +144,8 @@ def make_train_step(model, optimizer, strategy, grad_accum_steps: int, max_grad_
     import tensorflow as tf
 
     SUM = tf.distribute.ReduceOp.SUM
-    replica_step = _replica_step_fn(model, optimizer, strategy, grad_accum_steps, max_grad_norm, xla)
+    replica_step = _replica_step_fn(model, optimizer, strategy, grad_accum_steps, max_grad_norm, xla,
+                                    document_eos_id)
 
     @tf.function
     def train_step(distributed_batch):
@@ -146,7 +156,7 @@ def make_train_step(model, optimizer, strategy, grad_accum_steps: int, max_grad_
 
 
 def make_train_loop(model, optimizer, strategy, grad_accum_steps: int, max_grad_norm: float,
-                    xla: bool = False):
+                    xla: bool = False, document_eos_id: int | None = None):
     """train_loop(iterator, num_steps, stop_requested) -> (sums over the steps, stop_agreed).
 
     Several updates per call (runtime.steps_per_execution): the sums stay on the
@@ -161,7 +171,8 @@ def make_train_loop(model, optimizer, strategy, grad_accum_steps: int, max_grad_
     import tensorflow as tf
 
     SUM = tf.distribute.ReduceOp.SUM
-    replica_step = _replica_step_fn(model, optimizer, strategy, grad_accum_steps, max_grad_norm, xla)
+    replica_step = _replica_step_fn(model, optimizer, strategy, grad_accum_steps, max_grad_norm, xla,
+                                    document_eos_id)
     keys = ("loss_sum", "count", "tokens", "grad_norm")
 
     @tf.function
@@ -181,13 +192,13 @@ def make_train_loop(model, optimizer, strategy, grad_accum_steps: int, max_grad_
     return train_loop
 
 
-def make_eval_step(model, strategy):
+def make_eval_step(model, strategy, document_eos_id: int | None = None):
     import tensorflow as tf
 
     SUM = tf.distribute.ReduceOp.SUM
 
     def replica_step(batch, stop_requested):
-        loss_sum, count, correct = token_sums(_logits(model, batch, False), batch["labels"])
+        loss_sum, count, correct = token_sums(_logits(model, batch, False, document_eos_id), batch["labels"])
         return {"loss_sum": loss_sum, "count": count, "correct": correct, "stop": tf.identity(stop_requested)}
 
     @tf.function
