@@ -76,11 +76,12 @@ def test_the_test_loss_is_the_exported_models_loss_by_the_evaluation_arithmetic(
                                                                                  tiny_model_dir):
     """With the validation file as the test file, the test loss (per-row sums on the chief,
     after the export) equals the exported step's validation loss (the distributed eval step):
-    the same weights, the same tokens, the same arithmetic."""
+    the same weights, the same tokens, the same arithmetic. (The test scores each packed
+    document alone, as at inference; validation does too with packed_attention=document.)"""
     train_file, validation_file = corpus_and_validation
     config = small_config(tmp_path / "out", train_file, tiny_model_dir, **{
         "data.validation_files": validation_file, "data.test_files": validation_file, "train.max_steps": 30,
-        "train.eval_every_steps": 10})
+        "train.eval_every_steps": 10, "data.packed_attention": "document"})
     lines = []
     report = train.train_and_evaluate(config, log=lines.append)
     test = report["test"]
@@ -95,6 +96,19 @@ def test_the_test_loss_is_the_exported_models_loss_by_the_evaluation_arithmetic(
     assert "## Test" in card and "95% interval" in card
     assert json.load(open(report["report_path"]))["test"]["loss"] == test["loss"]
     assert report["timing"]["test_seconds"] > 0
+
+
+def test_the_test_split_scores_packed_documents_alone_whatever_the_training_attention(
+        tmp_path, corpus_and_validation, tiny_model_dir):
+    """A model trained with GPT-2's row attention is still tested as it will be used: each
+    document alone from position 0; its validation (row attention) scores the same rows
+    otherwise."""
+    train_file, validation_file = corpus_and_validation
+    config = small_config(tmp_path / "out", train_file, tiny_model_dir, **{
+        "data.validation_files": validation_file, "data.test_files": validation_file, "train.max_steps": 20,
+        "train.eval_every_steps": 10})
+    report = train.train_and_evaluate(config, log=quiet)
+    assert report["test"]["loss"] != pytest.approx(report["best_val_loss"], rel=1e-4)
 
 
 def test_no_test_split_is_said_not_hidden(tmp_path, corpus_and_validation, tiny_model_dir):

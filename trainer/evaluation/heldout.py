@@ -19,13 +19,17 @@ from trainer.evaluation.tasks import TaskEvaluation
 def score(model, tokenizer, blocks, pairs, config, n_positions: int, batch_size: int, source: str) -> dict:
     """report.json's "test": figures of the model as it is now (the exported weights).
 
-    The loss interval resamples rows: one example per row when examples are padded (one
+    Packed test rows are scored with each document alone (trainer/model/documents.py), as
+    the model will meet a document at inference. The loss interval resamples rows: one example per row when examples are padded (one
     per row), a block of packed text otherwise (neighbouring tokens are correlated and a
     row keeps them together; rows of one long document are treated as independent, so
     for long documents the interval is somewhat narrow)."""
     seed = config.seed
-    loss_sums, counts = loss_lib.row_sums(model, blocks, batch_size,
-                                          settings.document_eos_id(config.data, tokenizer.eos_token_id))
+    # As at inference: each document alone, from position 0, whatever data.packed_attention
+    # trained with (packed rows are scored with each document attending only to itself), so
+    # runs that differ in it are compared on the same footing.
+    alone = tokenizer.eos_token_id if settings.batching_of(config.data) == "packed" else None
+    loss_sums, counts = loss_lib.row_sums(model, blocks, batch_size, alone)
     scored = counts > 0
     tokens = float(counts.sum())
     loss = float(loss_sums.sum() / max(tokens, 1.0))
