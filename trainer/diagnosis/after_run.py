@@ -26,6 +26,12 @@ EARLY_STOP_RISE = 0.05
 # (what "underfit" would advise) ended 0.3% lower in perplexity. The task sample, still
 # falling 0.5991 -> 0.5778 (0.021 nats, 2% of perplexity), is underfit.
 STILL_FALLING_NATS = 0.01
+# A run that reached its planned end with its best evaluation among the last few is not
+# overfit for a small rise after it (under EARLY_STOP_RISE): one evaluation up by 0.023
+# nats (1.139 -> 1.162, the task sample's last two) is noise around a minimum, and
+# "overfit: fewer epochs" would cut a run whose task metric was still climbing. It takes
+# this many evaluations after the best, all of them the run's, to call the rise a trend.
+OVERFIT_EVALUATIONS = 3
 
 
 def _finding(label, summary, evidence, next_overrides, severity="warning"):
@@ -87,7 +93,8 @@ def diagnose(report: dict, learning_rate: float, derived_learning_rate: float, s
                 "model. Check the data (doctor) and the labels; try a higher learning rate.", evidence,
                 [f"--config.optim.learning_rate={min(learning_rate * 3, 1e-3):.2g}"], "error"))
     elif best_step < steps and last > best + 0.01 and train_last < train_first and not (
-            report["stopped_early"] and last <= best * (1 + EARLY_STOP_RISE)):
+            (report["stopped_early"] or _evaluations_after(val, best_step) < OVERFIT_EVALUATIONS)
+            and last <= best * (1 + EARLY_STOP_RISE)):
         best_epoch = best_step / steps_per_epoch
         out.append(_finding(
             OVERFIT, f"Overfit: validation loss bottomed at step {best_step} (epoch {best_epoch:.1f}) at "
@@ -122,6 +129,10 @@ def diagnose(report: dict, learning_rate: float, derived_learning_rate: float, s
             out.append(_finding(label, f"{f.check}: {f.figure}", {"check": f.check, **f.data}, [f.fix],
                                 "warning"))
     return out
+
+
+def _evaluations_after(val_points, step: int) -> int:
+    return sum(1 for p in val_points if p["step"] > step)
 
 
 def _still_improving(val_points) -> bool:
