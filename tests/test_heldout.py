@@ -106,7 +106,7 @@ def test_the_test_split_scores_packed_documents_alone_whatever_the_training_atte
     train_file, validation_file = corpus_and_validation
     config = small_config(tmp_path / "out", train_file, tiny_model_dir, **{
         "data.validation_files": validation_file, "data.test_files": validation_file, "train.max_steps": 20,
-        "train.eval_every_steps": 10})
+        "train.eval_every_steps": 10, "data.packed_attention": "row"})
     report = train.train_and_evaluate(config, log=quiet)
     assert report["test"]["loss"] != pytest.approx(report["best_val_loss"], rel=1e-4)
 

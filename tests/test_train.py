@@ -104,14 +104,15 @@ def test_export_holds_the_best_weights_not_the_last(tmp_path, corpus_file, tiny_
     # The exported model scores the best validation loss, not the last one.
     import tensorflow as tf
 
-    from trainer import data, evaluation
+    from trainer import data, evaluation, settings
     from trainer.training import steps
 
     exported, _ = model_lib.load_model(report["export_dir"], log=quiet)
     tokenizer = model_lib.load_tokenizer(report["export_dir"])
     documents = data.load_documents(config.data, config.seed)
     blocks = data.make_blocks(documents.validation, tokenizer, config.data, "v", keep_tail=True, seed=config.seed)
-    metrics = evaluation.evaluate(steps.make_eval_step(exported, tf.distribute.get_strategy()),
+    eos = settings.document_eos_id(settings.resolve(config).data, tokenizer.eos_token_id)  # as the run scored
+    metrics = evaluation.evaluate(steps.make_eval_step(exported, tf.distribute.get_strategy(), eos),
                                   data.eval_dataset(blocks, 4, tokenizer.pad_token_id))
     assert metrics["loss"] == pytest.approx(report["best_val_loss"], rel=1e-4)
 

@@ -40,7 +40,8 @@ RESUMABLE_PLAN_FIELDS = ("checkpoint_every_steps", "early_stopping_patience")
 # What tunewell itself writes into an output directory (and trainer.doctor / lr_find).
 # What a key added to the schema since held in a run that predates it, where that is not
 # today's default: such runs had no test split, and selected by the loss unless told.
-PREDATING_VALUES = {"data.test_fraction": 0.0, "data.test_files": "", "train.select_best_by": "loss"}
+PREDATING_VALUES = {"data.test_fraction": 0.0, "data.test_files": "", "train.select_best_by": "loss",
+                    "data.packed_attention": "row"}
 RUN_FILES = {"config.json", "report.json", "report.md", "curves.png", "metrics.jsonl", "doctor.json",
              "doctor.md", "logs", "checkpoints", "export", "export_pytorch", "lr_find",
              "review.html", "review.csv", "review_key.csv", "review_result.json",
