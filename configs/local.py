@@ -8,7 +8,7 @@ No network: data/pretrained/tunewell-base/ (4 layers x 256, 5.3M parameters,
 pretrained here on the Python docs and WordNet, see its README.md) loads through
 the same from_pretrained path as a user's distilgpt2. Everything else (epochs,
 learning rate, warm-up, evaluation interval, early stopping) is derived from the
-data and the model by the same rules as for any corpus. About 95 s on a 2-core CPU
+data and the model by the same rules as for any corpus. About 100 s on a 2-core CPU
 (bench/main_job.md).
 """
 
