@@ -152,14 +152,15 @@ def build(launch: Launch, devices: Devices, prep: Prepared, outputs: Outputs, lo
         tf.keras.utils.set_random_seed(config.seed)
         model, loaded_from = model_lib.load_model(config.model.name_or_path, log)
         model_lib.match_vocabulary(model, prep.tokenizer, log)
-    plan, resolved, lr_auto = _learning_rate(launch, devices, prep, outputs, model, log)
+    # The token that ends a packed document when documents attend only to themselves, or None.
+    eos = settings.document_eos_id(config.data, prep.tokenizer.eos_token_id)
+    plan, resolved, lr_auto = _learning_rate(launch, devices, prep, outputs, model, eos, log)
     with strategy.scope():
         optimizer = optimization.make_optimizer(plan, config.optim,
                                                 loss_scaling=distribution.uses_loss_scaling(devices.precision))
         # Slots exist before a restore, so it fills them at once (no deferred restore,
         # no "value in checkpoint could not be found" warnings when nothing trains).
         optimizer.build(model.trainable_variables)
-    eos = settings.document_eos_id(config.data, prep.tokenizer.eos_token_id)
     train_loop = steps_lib.make_train_loop(model, optimizer, strategy, config.train.grad_accum_steps,
                                            config.optim.max_grad_norm, config.runtime.xla, eos)
     eval_step = steps_lib.make_eval_step(model, strategy, eos)
@@ -172,7 +173,8 @@ def build(launch: Launch, devices: Devices, prep: Prepared, outputs: Outputs, lo
     return Built(model, loaded_from, optimizer, train_loop, eval_step, val_data, plan, resolved, lr_auto)
 
 
-def _learning_rate(launch: Launch, devices: Devices, prep: Prepared, outputs: Outputs, model, log):
+def _learning_rate(launch: Launch, devices: Devices, prep: Prepared, outputs: Outputs, model, document_eos_id,
+                   log):
     """(plan, resolved config, range test or None). optim.learning_rate=auto: a short range
     test picks the peak rate, once per run (its pick is in config.json from then on; a
     launch killed during the test runs it again)."""
@@ -182,9 +184,8 @@ def _learning_rate(launch: Launch, devices: Devices, prep: Prepared, outputs: Ou
         return plan, resolved, lr_auto
     if lr_auto is None:
         with launch.timings.part("lr_auto"):
-            lr_auto = lr_range.auto_learning_rate(
-                model, devices.strategy, prep.train_source, plan, config, log,
-                settings.document_eos_id(config.data, prep.tokenizer.eos_token_id))
+            lr_auto = lr_range.auto_learning_rate(model, devices.strategy, prep.train_source, plan, config, log,
+                                                  document_eos_id)
         if launch.chief:
             picked = lr_auto["learning_rate"]
             launch.run_dir.write_config(
