@@ -157,14 +157,21 @@ def get_config():
     # (5% of the run's steps, at least 20 and at most 100), its pick kept within x3 of
     # the derived rule (README "Learning rate: auto": measured, not the default).
     config.optim.learning_rate = config_dict.placeholder(object)
-    # Shape after warm-up: "linear", "cosine", "inverse_sqrt" or "constant".
+    # Shape after warm-up: "linear", "cosine", "inverse_sqrt", "constant", or "wsd"
+    # (warm-up, stable, decay): the peak rate while validation improves, then a linear
+    # decay over decay_ratio of the steps so far, started when validation has not
+    # improved for early_stopping_patience - 1 evaluations; the run ends with the decay,
+    # so train.epochs is a cap (derived: 20 epochs, at most 20,000 steps).
     config.optim.schedule = "linear"
     # Linear warm-up length in optimizer steps. None = warmup_ratio of the total.
     config.optim.warmup_steps = config_dict.placeholder(int)
     # Warm-up as a share of the total steps, used when warmup_steps is None.
     config.optim.warmup_ratio = 0.06
-    # Learning rate at the last step as a share of the peak (linear and cosine).
+    # Learning rate at the last step as a share of the peak (linear, cosine and wsd).
     config.optim.final_lr_ratio = 0.1
+    # wsd: the decay's length as a share of the steps before it (0.2: a decay started at
+    # step 400 runs to step 480), the usual 10-20% of warmup-stable-decay recipes.
+    config.optim.decay_ratio = 0.2
     # Decoupled weight decay; biases and LayerNorm parameters are never decayed.
     config.optim.weight_decay = 0.01
     # Adam moment decay rates and epsilon.

@@ -72,7 +72,49 @@ def test_the_optimizer_applies_the_schedule_step_by_step(schedule):
         expected.append({"linear": 1e-2 - 9e-3 * progress,
                          "cosine": 1e-3 + 9e-3 * 0.5 * (1 + math.cos(math.pi * progress)),
                          "inverse_sqrt": 1e-2 * math.sqrt(5 / (s + 1)),
-                         "constant": 1e-2}[schedule])
+                         "constant": 1e-2,
+                         # wsd's decay at the cap: from step 30 / 1.2 = 25 over 5 steps, the floor at 29
+                         "wsd": 1e-2 - 9e-3 * min(1.0, max(0, s - 24) / 5)}[schedule])
+    assert applied == pytest.approx(expected, rel=1e-4)
+
+
+def test_wsd_holds_the_peak_until_validation_starts_the_decay_then_decays_over_a_fifth_of_the_steps():
+    p = plan(total=200, warmup=10, peak=1e-3)
+    config = optim("wsd")
+    # Never started: the peak to 200 / 1.2 = 167, then 33 steps down to the floor at 199.
+    assert optimization.decay_window(None, 200, 0.2) == (167, 33)
+    assert optimization.lr_value(166, p, config) == pytest.approx(1e-3)
+    assert optimization.lr_value(199, p, config) == pytest.approx(1e-4)
+    # Started by validation at step 50: 10 steps (20% of 50), 50..59; the floor from step 59.
+    assert optimization.decay_window(50, 200, 0.2) == (50, 10)
+    assert optimization.lr_value(49, p, config, decay_start=50) == pytest.approx(1e-3)
+    assert optimization.lr_value(50, p, config, decay_start=50) == pytest.approx(1e-3 - 9e-4 / 10)
+    assert optimization.lr_value(54, p, config, decay_start=50) == pytest.approx(1e-3 - 9e-4 / 2)
+    assert optimization.lr_value(59, p, config, decay_start=50) == pytest.approx(1e-4)
+    # Near the cap the decay is cut to fit: started at 190, 38 steps asked, 10 left.
+    assert optimization.decay_window(190, 200, 0.2) == (190, 10)
+
+
+def test_the_optimizer_follows_a_decay_moved_by_the_host_mid_run():
+    """The wsd window is a variable the loop moves at an evaluation: the optimizer's very next
+    step uses it (no retrace, no rebuilt optimizer)."""
+    import tensorflow as tf
+
+    p = plan(total=100, warmup=2, peak=1e-2)
+    config = optim("wsd")
+    config.weight_decay = 0.0
+    schedule = optimization.make_schedule(p, config)
+    optimizer = optimization.make_optimizer(p, config, schedule)
+    weight = tf.Variable([0.0])
+    step = tf.function(lambda: optimizer.apply_gradients([(tf.constant([1.0]), weight)]))
+    applied = []
+    for s in range(16):
+        if s == 10:
+            schedule.start_decay(10)  # 10..11 (20% of 10 steps), the floor from step 11
+        before = float(weight[0])
+        step()
+        applied.append(before - float(weight[0]))
+    expected = [5e-3, 1e-2] + [1e-2] * 8 + [1e-2 - 9e-3 / 2] + [1e-3] * 5
     assert applied == pytest.approx(expected, rel=1e-4)
 
 
@@ -94,6 +136,24 @@ def test_derived_epochs_follow_the_stated_rule():
         total = optimization.derived_epochs(steps_per_epoch) * steps_per_epoch
         assert total <= max(3000, steps_per_epoch), steps_per_epoch
         assert total >= min(300, 10 * steps_per_epoch), steps_per_epoch
+
+
+def test_wsd_plans_a_cap_of_20_epochs_or_20000_steps_evaluated_twice_as_often():
+    assert optimization.derived_epochs(24, "wsd") == 20     # 480 steps at most
+    assert optimization.derived_epochs(1500, "wsd") == 13   # 19,500 steps
+    assert optimization.derived_epochs(30000, "wsd") == 1   # one epoch alone is longer
+    config = default.get_config()
+    config.data.block_size, config.train.batch_size, config.optim.schedule = 128, 16, "wsd"
+    p = optimization.plan_training(config, train_rows=1600, n_embd=768)  # 100 steps/epoch
+    assert (p.epochs, p.total_steps) == (20, 2000)
+    assert p.eval_every_steps == 50  # 2,000 / 40: every half epoch
+    assert p.warmup_steps == 100  # 0.06 x the stable phase at the cap, 2,000 / 1.2 = 1,667
+    assert p.decay_patience == 2  # one evaluation before early stopping's 3
+    assert "validation has not improved for 2 evaluations" in p.derived["optim.schedule"]
+    config.train.early_stopping_patience = 0  # never stop early: the decay waits for the cap
+    assert optimization.plan_training(config, train_rows=1600, n_embd=768).decay_patience == 0
+    config.optim.schedule = "linear"
+    assert optimization.plan_training(config, train_rows=1600, n_embd=768).decay_patience == 0
 
 
 def test_derived_learning_rate_scales_with_width_and_batch():

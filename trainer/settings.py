@@ -20,7 +20,7 @@ from trainer.errors import UserError
 # the normalisations, evaluation/metrics.py computes the metrics.
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
-SCHEDULES = ("linear", "cosine", "inverse_sqrt", "constant")
+SCHEDULES = ("linear", "cosine", "inverse_sqrt", "constant", "wsd")
 # data.normalize steps, applied in this order. Off by default: a model fine-tuned on
 # normalised text writes normalised text, which is a choice, not a fix.
 NORMALIZATIONS = ("control", "nfkc", "whitespace", "lowercase")
@@ -116,6 +116,7 @@ RULES = {
     "optim.warmup_steps": (_int(0, optional=True), "0 or more, or unset to use warmup_ratio"),
     "optim.warmup_ratio": (_number(0, 1, high_open=True), "in [0, 1), e.g. 0.06"),
     "optim.final_lr_ratio": (_number(0, 1), "in [0, 1], e.g. 0.1"),
+    "optim.decay_ratio": (_number(0, 1, low_open=True), "in (0, 1], e.g. 0.2"),
     "optim.weight_decay": (_number(0), "0 or more, e.g. 0.01"),
     "optim.beta_1": (_number(0, 1, high_open=True), "in [0, 1), e.g. 0.9"),
     "optim.beta_2": (_number(0, 1, high_open=True), "in [0, 1), e.g. 0.999"),

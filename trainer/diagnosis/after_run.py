@@ -72,6 +72,12 @@ def diagnose(report: dict, learning_rate: float, derived_learning_rate: float, s
     # broke it. A healthy fine-tune never evaluates far above where it started.
     peak = max(val, key=lambda p: p["loss"]) if val else {"loss": initial, "step": 0}
     broke = peak["loss"] > 1.2 * initial and peak["loss"] > initial + 0.3
+    # wsd: validation stopped improving at the peak rate and the decay that followed ended the
+    # run, as early stopping ends a fixed plan: the end of the run was validation's choice.
+    decayed = report.get("decay_started_at") is not None
+    ended_by_validation = report["stopped_early"] or decayed
+    if decayed:
+        evidence["decay_started_at"] = report["decay_started_at"]
     evidence["peak_val_loss"], evidence["peak_val_step"] = peak["loss"], peak["step"]
     diverged = (not math.isfinite(train_last) or not math.isfinite(last) or broke
                 or (train and train_last > train_first * 1.05) or (val and last > initial * 1.05))
@@ -93,7 +99,7 @@ def diagnose(report: dict, learning_rate: float, derived_learning_rate: float, s
                 "model. Check the data (doctor) and the labels; try a higher learning rate.", evidence,
                 [f"--config.optim.learning_rate={min(learning_rate * 3, 1e-3):.2g}"], "error"))
     elif best_step < steps and last > best + 0.01 and train_last < train_first and not (
-            (report["stopped_early"] or _evaluations_after(val, best_step) < OVERFIT_EVALUATIONS)
+            (ended_by_validation or _evaluations_after(val, best_step) < OVERFIT_EVALUATIONS)
             and last <= best * (1 + EARLY_STOP_RISE)):
         best_epoch = best_step / steps_per_epoch
         out.append(_finding(
@@ -102,12 +108,18 @@ def diagnose(report: dict, learning_rate: float, derived_learning_rate: float, s
             f"export holds {exported}.", evidence,
             [f"--config.train.epochs={max(1, math.ceil(best_epoch))}",
              "more (and more varied) training data"], "info"))
-    elif best_step == steps and not report["stopped_early"] and _still_improving(val):
+    elif best_step == steps and not ended_by_validation and _still_improving(val):
         out.append(_finding(
             UNDERFIT, f"Underfit / stopped too early: validation loss was still falling at the last step "
             f"({best:.3f}); more training would likely help.", evidence,
             [f"--config.train.epochs={epochs_planned * 2}",
              f"--config.optim.learning_rate={learning_rate * 2:.2g}"], "info"))
+    elif decayed:
+        out.append(_finding(
+            HEALTHY, f"Healthy: validation loss {initial:.3f} -> {best:.3f} ({100 * gain:.1f}% lower). It stopped "
+            f"improving at the peak rate, so the learning rate decayed from step {report['decay_started_at']} "
+            f"(epoch {report['decay_started_at'] / steps_per_epoch:.1f}) to the run's end at step {steps}; the "
+            f"best was at step {best_step} and the export holds {exported}.", evidence, [], "info"))
     elif report["stopped_early"]:
         out.append(_finding(
             HEALTHY, f"Healthy: validation loss {initial:.3f} -> {best:.3f} ({100 * gain:.1f}% lower). It turned "

@@ -13,3 +13,9 @@ def progress_bar(total: int, initial: int, enabled: bool = True):
 
     return tqdm(total=total, initial=initial, unit="step", desc="Training", dynamic_ncols=True,
                 disable=not enabled)
+
+
+def set_total(bar, total: int) -> None:
+    """A new end for the bar (wsd's decay, started by validation, ends the run sooner)."""
+    bar.total = total
+    bar.refresh()

@@ -104,6 +104,8 @@ def _report(launch: Launch, devices: Devices, prep: Prepared, outputs: Outputs, 
         "train_seconds": state["train_seconds"],
         "tokens_per_sec": state["train_tokens"] / max(state["train_seconds"], 1e-9),
         "stopped_early": bool(state["stopped_early"]),
+        # wsd: the step validation started the decay at (the run ended with it), else None.
+        "decay_started_at": state["decay_start_step"],
         "learning_rate": plan.learning_rate,
         "learning_rate_auto": {k: v for k, v in lr_auto.items() if k not in ("lrs", "losses", "smoothed")}
         if lr_auto else None,

@@ -123,6 +123,8 @@ class Loop:
             else evaluation.default_prompts(review_texts, config.eval.review_examples, words=8)
         self.training_ngrams = diagnosis.TrainingNgrams(documents.train) if self.chief else None
         self.hypertune = vertex.HypertuneReporter(enabled=self.chief)  # a no-op outside a Vertex tuning trial
+        if self.state["decay_start_step"] is not None:  # wsd, resumed after validation started the decay
+            built.schedule.start_decay(self.state["decay_start_step"])
 
     # ------------------------------------------------------------------ the loop
 
@@ -134,14 +136,14 @@ class Loop:
         config, plan, state, launch = self.config, self.plan, self.state, self.launch
         strategy, step = self.devices.strategy, self.step
         launch.timings.started_training()
-        bar = reporting.progress_bar(plan.total_steps, step, enabled=self.chief)
+        bar = reporting.progress_bar(self.end_step(), step, enabled=self.chief)
         with _StopRequest() as stop:
             try:
                 stopping = False
                 if state["last_eval_step"] < step and self.eval_due(step) and not state["stopped_early"]:
                     # Step 0 (the base model), or a stop request that saved before this evaluation.
                     stopping = self.evaluate_at(step, stop)
-                done = stopping or step >= plan.total_steps or state["stopped_early"]
+                done = stopping or step >= self.end_step() or state["stopped_early"]
                 iterator = None if done else iter(distributed_train_data(
                     strategy, self.prep.train_source, config.train.batch_size, plan.steps_per_epoch,
                     plan.total_steps, step, config.seed))
@@ -167,15 +169,18 @@ class Loop:
                         self._not_finite(step, out)
                     self.add_to_window(out, steps, seconds)
                     bar.update(steps)
-                    if step % config.train.log_every_steps == 0 or step == plan.total_steps:
+                    if step % config.train.log_every_steps == 0 or step == self.end_step():
                         self.log_window(step, bar)
                     if float(votes) > 0:  # any worker's stop request, agreed by all
                         stop.signal = stop.signal or signal.SIGTERM
                         raise _Abandoned()
+                    end = self.end_step()
                     stopping = self.eval_due(step) and self.evaluate_at(step, stop)
-                    if step % plan.checkpoint_every_steps == 0 or stopping or step == plan.total_steps:
+                    if self.end_step() != end:  # wsd: validation started the decay, which ends the run
+                        reporting.set_total(bar, self.end_step())
+                    if step % plan.checkpoint_every_steps == 0 or stopping or step == self.end_step():
                         self.checkpoints.save(step)
-                    done = stopping or step >= plan.total_steps
+                    done = stopping or step >= self.end_step()
             except _Abandoned:
                 bar.close()
                 if step:
@@ -204,13 +209,21 @@ class Loop:
             f" Lower --config.optim.learning_rate (was {self.plan.learning_rate:.3g}) or "
             f"--config.optim.max_grad_norm, and re-run with a new --config.output_dir.")
 
+    def end_step(self) -> int:
+        """The plan's last step, or, once validation started wsd's decay, the decay's last."""
+        start = self.state["decay_start_step"]
+        if start is None:
+            return self.plan.total_steps
+        first, length = optimization.decay_window(start, self.plan.total_steps, self.config.optim.decay_ratio)
+        return first + length
+
     def eval_due(self, at_step: int) -> bool:
-        return at_step == 0 or at_step % self.plan.eval_every_steps == 0 or at_step == self.plan.total_steps
+        return at_step == 0 or at_step % self.plan.eval_every_steps == 0 or at_step == self.end_step()
 
     def next_stop(self, at_step: int) -> int:
         """The next step at which the host must act: log, evaluate, save or end."""
         every = [self.config.train.log_every_steps, self.plan.eval_every_steps, self.plan.checkpoint_every_steps]
-        return min([self.plan.total_steps] + [(at_step // n + 1) * n for n in every])
+        return min([self.end_step()] + [(at_step // n + 1) * n for n in every])
 
     # ------------------------------------------------------------------ evaluation
 
@@ -286,6 +299,19 @@ class Loop:
                      f"best {select_by} {-state['best_score']:.1f}")
         log(f"Step {at_step}: validation loss {val_loss:.4f} (perplexity {math.exp(min(val_loss, 50)):.1f};"
             f"{task_line} {best_line} at step {state['best_step']}).")
+        if config.optim.schedule == "wsd":
+            # No early stop: the decay ends the run, and it runs its whole (short) length, since
+            # it is what brings the loss down from the peak rate's plateau.
+            wait = self.plan.decay_patience
+            if wait and state["decay_start_step"] is None and state["evals_since_best"] >= wait \
+                    and at_step < self.end_step():
+                state["decay_start_step"] = at_step
+                self.built.schedule.start_decay(at_step)
+                first, length = optimization.decay_window(at_step, self.plan.total_steps, config.optim.decay_ratio)
+                log(f"Validation has not improved for {wait} evaluations at the peak rate: the learning rate "
+                    f"decays from step {first} over {length} steps ({config.optim.decay_ratio:.0%} of the "
+                    f"{first} so far), and the run ends at step {first + length}.")
+            return False
         patience = self.plan.early_stopping_patience
         if patience and state["evals_since_best"] >= patience:
             state["stopped_early"] = True
@@ -310,7 +336,7 @@ class Loop:
     def log_window(self, at_step: int, bar) -> None:
         window = self.state["window"]
         loss = window["loss_sum"] / max(window["count"], 1.0)
-        lr = optimization.lr_value(at_step - 1, self.plan, self.config.optim)
+        lr = optimization.lr_value(at_step - 1, self.plan, self.config.optim, self.state["decay_start_step"])
         self.run_log.scalars("train", at_step, {
             "loss": loss, "perplexity": math.exp(min(loss, 50.0)),
             "learning_rate": lr,

@@ -47,6 +47,7 @@ class Built:
     plan: optimization.TrainingPlan  # with the learning rate decided (optim.learning_rate=auto)
     resolved: dict                  # the config with derived values filled in, as config.json holds it
     lr_auto: dict | None            # the range test's pick and curve, when optim.learning_rate=auto
+    schedule: object = None         # optimization.make_schedule's: wsd's decay window lives in it
 
 
 @dataclasses.dataclass

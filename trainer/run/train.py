@@ -156,7 +156,8 @@ def build(launch: Launch, devices: Devices, prep: Prepared, outputs: Outputs, lo
     eos = settings.document_eos_id(config.data, prep.tokenizer.eos_token_id)
     plan, resolved, lr_auto = _learning_rate(launch, devices, prep, outputs, model, eos, log)
     with strategy.scope():
-        optimizer = optimization.make_optimizer(plan, config.optim,
+        schedule = optimization.make_schedule(plan, config.optim)
+        optimizer = optimization.make_optimizer(plan, config.optim, schedule,
                                                 loss_scaling=distribution.uses_loss_scaling(devices.precision))
         # Slots exist before a restore, so it fills them at once (no deferred restore,
         # no "value in checkpoint could not be found" warnings when nothing trains).
@@ -170,7 +171,7 @@ def build(launch: Launch, devices: Devices, prep: Prepared, outputs: Outputs, lo
     # pass on the sample's model.
     val_data = list(data_lib.distributed_eval_data(strategy, prep.val_blocks, eval_batch,
                                                    prep.tokenizer.pad_token_id))
-    return Built(model, loaded_from, optimizer, train_loop, eval_step, val_data, plan, resolved, lr_auto)
+    return Built(model, loaded_from, optimizer, train_loop, eval_step, val_data, plan, resolved, lr_auto, schedule)
 
 
 def _learning_rate(launch: Launch, devices: Devices, prep: Prepared, outputs: Outputs, model, document_eos_id,

@@ -178,10 +178,11 @@ class RunState:
     # review_base: the base model's outputs for the review sheet, made at step 0.
     # base_samples: the base model's seeded continuations of the evaluation prompts (step 0),
     # shown beside the exported model's at the end of the run.
+    # decay_start_step: the wsd schedule's first decay step once validation started it.
     FIELDS = {"best_val_loss": float("inf"), "best_score": float("inf"), "best_step": -1, "evals_since_best": 0,
               "initial_val_loss": float("nan"), "last_eval_step": -1, "train_tokens": 0,
               "train_seconds": 0.0, "stopped_early": False, "monitors": [], "samples": [],
-              "review_base": [], "base_samples": [], "window": {}}
+              "review_base": [], "base_samples": [], "window": {}, "decay_start_step": None}
 
     def __init__(self):
         import tensorflow as tf

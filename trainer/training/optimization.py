@@ -39,6 +39,14 @@ LR_RANGE_FROM_SCRATCH = (1e-4, 3e-3)
 DEFAULT_EPOCHS = 3
 MIN_STEPS, MAX_STEPS_TARGET, MAX_EPOCHS = 300, 3000, 10
 EVALS_PER_RUN = 20
+# The wsd schedule (warm-up, stable, decay) needs no budget in advance: it holds the peak
+# while validation improves and decays when it stops, so its plan is a cap, not a guess.
+# The issue-25 grids found the best fine-tuning runs near epoch 13 on both a 28-step and a
+# 116-step-an-epoch corpus, while the rule above planned 10 and 3 epochs; a cap of 20
+# epochs (the grid's longest plan) or 20,000 steps leaves room past both. Evaluations come
+# twice as often as on a fixed plan (about 40 over the cap: every half epoch at 20 epochs),
+# because they decide when to decay, and a decay started an epoch late costs an epoch.
+WSD_MAX_EPOCHS, WSD_MAX_STEPS, WSD_EVALS_PER_CAP = 20, 20_000, 40
 # A validation pass may cost at most this share of the training between two
 # evaluations. Per token, a forward pass costs ~1/3 of a training step (2N of 6N
 # FLOPs), so an interval of k steps needs k >= val_tokens / (3 x 0.1 x tokens/step):
@@ -58,6 +66,8 @@ class TrainingPlan:
     tokens_per_step: int
     derived: dict  # field -> sentence saying how it was derived
     early_stopping_patience: int = 3  # evaluations without improvement; 0 = never stop early
+    # wsd: evaluations without a new best that start the decay (it ends the run); 0 = not wsd.
+    decay_patience: int = 0
 
 
 def derived_learning_rate(n_embd: int, tokens_per_step: int, from_scratch: bool = False) -> float:
@@ -68,13 +78,18 @@ def derived_learning_rate(n_embd: int, tokens_per_step: int, from_scratch: bool 
     return float(min(high, max(low, lr)))
 
 
-def derived_epochs(steps_per_epoch: int) -> int:
-    """3 epochs; more to reach 300 steps (at most 10 epochs); fewer to stay within
+def derived_epochs(steps_per_epoch: int, schedule: str = "linear") -> int:
+    """wsd: a cap of 20 epochs, fewer to stay within 20,000 steps (at least 1): 24 steps/epoch
+    -> 20 (480 steps); 1,500 -> 13; 30,000 -> 1. The schedule ends the run sooner.
+
+    Otherwise 3 epochs; more to reach 300 steps (at most 10 epochs); fewer to stay within
     3,000 steps (at least 1 epoch, which alone may be longer).
 
     20 steps/epoch -> ceil(300/20) = 15 -> 10 epochs (200 steps); 500 -> 3 (1,500 steps);
     1,200 -> 3,000 // 1,200 = 2 (2,400 steps); 1,501 -> 1 (1,501 steps); 10,000 -> 1.
     """
+    if schedule == "wsd":
+        return max(1, min(WSD_MAX_EPOCHS, WSD_MAX_STEPS // steps_per_epoch))
     if DEFAULT_EPOCHS * steps_per_epoch < MIN_STEPS:
         return min(MAX_EPOCHS, math.ceil(MIN_STEPS / steps_per_epoch))
     if DEFAULT_EPOCHS * steps_per_epoch > MAX_STEPS_TARGET:
@@ -98,11 +113,16 @@ def plan_training(config, train_rows: int, n_embd: int, val_tokens: int = 0) -> 
     derived = {}
     tokens_per_step = t.batch_size * block
     epochs = t.epochs
+    wsd = o.schedule == "wsd"
     if epochs is None:
-        epochs = derived_epochs(steps_per_epoch)
-        derived["train.epochs"] = (f"{epochs}: {steps_per_epoch} steps/epoch; 3 epochs, raised to reach "
-                                   f"{MIN_STEPS} steps (max {MAX_EPOCHS} epochs), lowered to stay within "
-                                   f"{MAX_STEPS_TARGET} steps (min 1 epoch)")
+        epochs = derived_epochs(steps_per_epoch, o.schedule)
+        derived["train.epochs"] = (
+            f"{epochs}: at most, since the wsd schedule decays and ends the run when validation stops "
+            f"improving; {WSD_MAX_EPOCHS} epochs of {steps_per_epoch} steps, fewer to stay within "
+            f"{WSD_MAX_STEPS:,} steps" if wsd else
+            f"{epochs}: {steps_per_epoch} steps/epoch; 3 epochs, raised to reach "
+            f"{MIN_STEPS} steps (max {MAX_EPOCHS} epochs), lowered to stay within "
+            f"{MAX_STEPS_TARGET} steps (min 1 epoch)")
     total_steps = epochs * steps_per_epoch
     if t.max_steps:
         total_steps = min(total_steps, t.max_steps)
@@ -123,15 +143,20 @@ def plan_training(config, train_rows: int, n_embd: int, val_tokens: int = 0) -> 
             f"--config.optim.warmup_steps={min(total_steps - 1, max(1, round(0.06 * total_steps)))} (about 6%), "
             "or leave it unset.")
     if warmup is None:
-        warmup = max(1, round(o.warmup_ratio * total_steps))
-        derived["optim.warmup_steps"] = f"{warmup}: {o.warmup_ratio:g} x {total_steps} steps"
+        # wsd: of the steps before the decay would start at the cap (total / (1 + decay_ratio)),
+        # so warm-up is the same share of the stable phase as of a linear plan's run.
+        basis = round(total_steps / (1 + o.decay_ratio)) if wsd else total_steps
+        warmup = max(1, round(o.warmup_ratio * basis))
+        derived["optim.warmup_steps"] = f"{warmup}: {o.warmup_ratio:g} x {basis} steps" + (
+            " (the stable phase at the cap)" if wsd else "")
     eval_every = t.eval_every_steps
     if eval_every is None:
-        by_count = math.ceil(total_steps / EVALS_PER_RUN)
+        evals = WSD_EVALS_PER_CAP if wsd else EVALS_PER_RUN
+        by_count = math.ceil(total_steps / evals)
         by_cost = math.ceil(val_tokens / (3 * MAX_EVAL_SHARE * tokens_per_step))
         eval_every = max(1, min(steps_per_epoch, max(by_count, by_cost)))
         derived["train.eval_every_steps"] = (
-            f"{eval_every}: about {EVALS_PER_RUN} evaluations over {total_steps} steps"
+            f"{eval_every}: about {evals} evaluations over {total_steps} steps"
             + (f", fewer so that a pass over {val_tokens:,} validation tokens costs at most "
                f"{MAX_EVAL_SHARE:.0%} of the training between two" if by_cost > by_count else "")
             + ", at least one per epoch")
@@ -142,10 +167,33 @@ def plan_training(config, train_rows: int, n_embd: int, val_tokens: int = 0) -> 
         patience, why = derived_patience(select_by, math.ceil(total_steps / eval_every))
         if select_by != "loss":  # 3 for the loss goes without saying
             derived["train.early_stopping_patience"] = f"{patience}: {why}"
+    decay_patience = 0
+    if wsd:
+        # One evaluation fewer than early stopping's patience (2 for the loss): the decay
+        # must start before early stopping would end the run at the peak rate.
+        decay_patience = max(1, patience - 1) if patience else 0  # 0: the decay waits for the cap
+        derived["optim.schedule"] = (
+            f"wsd: warm-up {warmup} steps, then the peak rate until validation has not improved for "
+            f"{decay_patience} evaluations, then a linear decay over {o.decay_ratio:.0%} of the steps "
+            f"trained so far; the run ends when the decay does (at step {total_steps} at the latest)")
     return TrainingPlan(steps_per_epoch=steps_per_epoch, epochs=epochs, total_steps=total_steps,
                         warmup_steps=int(warmup), learning_rate=float(lr),
                         eval_every_steps=int(eval_every), checkpoint_every_steps=int(ckpt_every),
-                        tokens_per_step=tokens_per_step, derived=derived, early_stopping_patience=int(patience))
+                        tokens_per_step=tokens_per_step, derived=derived, early_stopping_patience=int(patience),
+                        decay_patience=int(decay_patience))
+
+
+def decay_window(start_step: int, total_steps: int, decay_ratio: float) -> tuple[int, int]:
+    """wsd: (first decay step, decay length) for a decay that starts at start_step, or, when
+    validation never stopped improving (start_step None), the one that ends at the cap.
+
+    Started at step 400 with decay_ratio 0.2: steps 400..479, the run ends at 480 (or at the
+    cap if sooner). At the cap of 480 steps: start = 480 / 1.2 = 400, the same window.
+    """
+    if start_step is None:
+        start_step = round(total_steps / (1 + decay_ratio))
+    length = max(1, round(decay_ratio * start_step))
+    return int(start_step), int(max(1, min(length, total_steps - start_step)))
 
 
 # Early stopping's patience, in evaluations. The loss: 3 (a validation loss over thousands of
@@ -169,7 +217,7 @@ def derived_patience(select_by: str, evaluations: int) -> tuple[int, str]:
 # ----------------------------------------------------------------------------- schedule
 
 
-def learning_rate_at(step, peak, warmup_steps, total_steps, schedule, final_ratio, ops=math):
+def learning_rate_at(step, peak, warmup_steps, total_steps, schedule, final_ratio, ops=math, decay=None):
     """Learning rate used by optimizer step `step` (0-based).
 
     Warm-up is linear and reaches the peak at step warmup_steps - 1, so step 0
@@ -179,6 +227,8 @@ def learning_rate_at(step, peak, warmup_steps, total_steps, schedule, final_rati
       cosine:       floor + (peak - floor) (1 + cos(pi p)) / 2
       inverse_sqrt: peak x sqrt(warmup_steps / (step + 1))
       constant:     peak
+      wsd:          peak until decay = (first decay step d, length n), then
+                    peak - (peak - floor) min(1, (step - d + 1) / n): the floor at step d + n - 1
     `ops` is math (numbers) or a TF shim, so the plan, the tests and the
     optimizer share one definition.
     """
@@ -195,6 +245,9 @@ def learning_rate_at(step, peak, warmup_steps, total_steps, schedule, final_rati
         decayed = peak * ops.sqrt(warmup / ops.maximum(step + 1.0, float(warmup)))
     elif schedule == "constant":
         decayed = peak
+    elif schedule == "wsd":
+        start, length = decay
+        decayed = peak - (peak - floor) * ops.minimum(1.0, ops.maximum(0.0, (step - start + 1.0) / length))
     else:
         raise UserError(f"--config.optim.schedule={schedule!r}: use one of {', '.join(SCHEDULES)}.")
     return ops.where(step < warmup_steps, warm, decayed)
@@ -208,22 +261,36 @@ class _MathOps:
         return a if cond else b
 
 
-def lr_value(step: int, plan: TrainingPlan, optim_config) -> float:
+def lr_value(step: int, plan: TrainingPlan, optim_config, decay_start: int | None = None) -> float:
+    """decay_start: wsd's first decay step once validation started it (the run state's), else None."""
+    decay = decay_window(decay_start, plan.total_steps, optim_config.decay_ratio)
     return float(learning_rate_at(step, plan.learning_rate, plan.warmup_steps, plan.total_steps,
-                                  optim_config.schedule, optim_config.final_lr_ratio, _MathOps))
+                                  optim_config.schedule, optim_config.final_lr_ratio, _MathOps, decay))
 
 
 def make_schedule(plan: TrainingPlan, optim_config):
+    """The plan's schedule for the optimizer. wsd's decay window is a variable (first step,
+    length) that `start_decay` moves from the host when validation stops improving: created
+    in strategy.scope() with the optimizer, so every replica reads the same window."""
     import tensorflow as tf
 
     class _TFOps:
         minimum, maximum, cos, sqrt, where = (tf.minimum, tf.maximum, tf.cos, tf.sqrt, tf.where)
 
     class WarmupDecay(tf.keras.optimizers.schedules.LearningRateSchedule):
+        def __init__(self):
+            self.decay = tf.Variable(decay_window(None, plan.total_steps, optim_config.decay_ratio),
+                                     dtype=tf.float32, trainable=False, name="decay_window",
+                                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+
         def __call__(self, step):
             step = tf.cast(step, tf.float32)
             return learning_rate_at(step, plan.learning_rate, plan.warmup_steps, plan.total_steps,
-                                    optim_config.schedule, optim_config.final_lr_ratio, _TFOps)
+                                    optim_config.schedule, optim_config.final_lr_ratio, _TFOps,
+                                    (self.decay[0], self.decay[1]))
+
+        def start_decay(self, start_step: int | None) -> None:
+            self.decay.assign(decay_window(start_step, plan.total_steps, optim_config.decay_ratio))
 
         def get_config(self):
             return {"plan": dataclasses.asdict(plan), "schedule": optim_config.schedule}
