@@ -217,6 +217,20 @@ def test_diagnosis_of_curves(losses, stopped_early, label):
         assert expected in findings[0]["summary"], findings[0]["summary"]
 
 
+def test_a_wsd_decay_that_validation_started_is_the_end_it_chose_not_underfitting():
+    """wsd: flat at the peak rate for two evaluations, then the decay brings the loss down
+    to the end: still falling at the last step, as every decay is, and healthy; the same
+    curve without a decay started by validation reads as underfit."""
+    losses = [3.6, 3.2, 3.05, 3.0, 3.01, 3.02, 2.95, 2.9, 2.86]
+    report = {**_curve_report(losses, False), "decay_started_at": 50}
+    findings = diagnosis.diagnose(report, 1e-4, 1e-4, steps_per_epoch=20, epochs_planned=20)
+    assert findings[0]["label"] == diagnosis.HEALTHY, findings[0]
+    assert "decayed from step 50 (epoch 2.5) to the run's end at step 80" in findings[0]["summary"]
+    report["decay_started_at"] = None
+    assert diagnosis.diagnose(report, 1e-4, 1e-4, steps_per_epoch=20, epochs_planned=20)[0]["label"] == \
+        diagnosis.UNDERFIT
+
+
 def test_diagnosis_huge_learning_rate(tmp_path, corpus_file, tiny_model_dir):
     """lr 1.0: validation loss climbs far above the base model's, then the decay brings it
     back below its start; still a learning rate that was too high (one outcome, no NaN)."""

@@ -273,3 +273,40 @@ def test_early_stopped_or_finished_run_is_not_trained_again(tmp_path, corpus_fil
     assert "could not be found" not in again.output
     assert {os.path.join(r, f): os.path.getmtime(os.path.join(r, f))
             for r, _, fs in os.walk(config.output_dir) for f in fs} == files
+
+
+def test_a_wsd_decay_started_by_validation_survives_sigkills_before_and_during_it(tmp_path, corpus_file,
+                                                                                   tiny_model_dir):
+    """wsd's decay start is validation's decision, kept in the run state with the weights: a
+    kill between the evaluation that started it and the next save, or during the decay, and a
+    relaunch, must end at the same step with the same learning rate at every step."""
+    extra = {"optim.schedule": "wsd", "train.epochs": 40, "train.eval_every_steps": 4,
+             "train.early_stopping_patience": 3, "optim.learning_rate": 1e-2,
+             "data.validation_fraction": 0.5, "train.batch_size": 4, "train.checkpoint_every_steps": 8}
+    straight_run = train.train_and_evaluate(
+        small_config(tmp_path / "straight", corpus_file, tiny_model_dir, **{**OVERRIDES, **extra}), log=quiet)
+    start = straight_run["decay_started_at"]
+    assert start is not None, "validation never stopped improving: the test needs a run that plateaus"
+    length = max(1, round(0.2 * start))
+    assert straight_run["steps"] == start + length < straight_run["planned_steps"]
+    assert not straight_run["stopped_early"]
+    lrs = {p["step"]: p["learning_rate"] for p in straight_run["history"]["train"]}
+    assert lrs[start] == pytest.approx(1e-2)  # the peak up to the evaluation that started it
+    assert lrs[start + length] == pytest.approx(1e-3)  # the floor on the last step
+    assert straight_run["diagnosis"][0]["label"] == "healthy"
+    config = small_config(tmp_path / "out", corpus_file, tiny_model_dir, **{**OVERRIDES, **extra})
+    # start is an evaluation step (a multiple of 4). A kill while its state is being written
+    # (or, between saves, in the next step) loses the decision, which the relaunch must make
+    # again from the checkpoint before; a kill late in the decay must keep it.
+    for fault in (f"checkpoint_save@{start}+0.01" if start % 8 == 0 else f"train_step@{start + 1}+0.005",
+                  f"train_step@{start + length - 1}+0.005"):
+        killed = launch(config, fault, **extra)
+        assert killed.returncode == KILLED, f"{fault} was never reached: {killed.stderr[-1500:]}"
+    relaunched = launch(config, **extra)
+    assert relaunched.returncode == 0, relaunched.stderr[-3000:]
+    resumed = report_of(config)
+    assert (resumed["decay_started_at"], resumed["steps"]) == (start, straight_run["steps"])
+    assert [p["learning_rate"] for p in resumed["history"]["train"]] == pytest.approx(
+        [p["learning_rate"] for p in straight_run["history"]["train"]], rel=1e-9)
+    assert [p["loss"] for p in resumed["history"]["train"]] == [p["loss"] for p in straight_run["history"]["train"]]
+    assert resumed["best_val_loss"] == straight_run["best_val_loss"]
