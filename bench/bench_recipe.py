@@ -18,7 +18,8 @@ of 6 rates x 3 epoch counts on the long regime is ~60M training tokens (~3.5 hou
 regime on 2 cores), so the grid run here is the part that fits: see bench/recipe.md.
 
 Settings besides the grid: the defaults before and after this issue's schedule change
-(`linear` with the derived epochs, and `wsd`), each with everything else derived.
+(`linear` with the derived epochs, and `wsd`), and wsd with optim.weight_averaging=ema,
+each with everything else derived.
 A finished run (its report.json) is reused by a later launch. Writes bench/recipe.json and
 bench/recipe.md.
 """
@@ -50,6 +51,7 @@ GRID_RUN = {
 DEFAULTS = {
     "default before (linear, derived epochs)": {"optim.schedule": "linear"},
     "default (wsd)": {"optim.schedule": "wsd"},
+    "wsd + weight average (ema)": {"optim.schedule": "wsd", "optim.weight_averaging": "ema"},
 }
 
 

@@ -178,6 +178,12 @@ def get_config():
     config.optim.beta_1 = 0.9
     config.optim.beta_2 = 0.999
     config.optim.epsilon = 1e-8
+    # "ema": keep an exponential moving average of the weights (momentum 1 - 1/k for an
+    # evaluation every k steps, kept in [0.9, 0.999]: the average spans about one interval),
+    # score it at every evaluation beside the weights themselves, and keep whichever has the
+    # lower validation loss as the best (and exported) weights. Costs one more validation
+    # pass per evaluation. Needs train.select_best_by=loss. "none": the weights alone.
+    config.optim.weight_averaging = "none"
     # Clip the global gradient norm (over all replicas) to this; 0 disables.
     config.optim.max_grad_norm = 1.0
 

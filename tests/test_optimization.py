@@ -240,3 +240,27 @@ def test_biases_and_layernorm_are_not_decayed(tiny_model_dir):
     assert any("c_attn/weight" in n for n in decayed) and any("wte" in n for n in decayed)
     assert all("bias" in n or "ln_" in n for n in kept) and any("ln_f" in n for n in kept)
     assert not any("bias" in n or "ln_" in n for n in decayed)
+
+
+def test_averaged_weights_hold_the_moving_average_inside_and_the_weights_after():
+    """optim.weight_averaging=ema: with momentum m and a constant gradient of 1 (Adam's step
+    = lr), the weight after n steps is -n lr and its average sum_k (1-m) m^(n-k) (-k lr)."""
+    import tensorflow as tf
+
+    p = plan(total=100, warmup=1, peak=1e-2)
+    p.eval_every_steps = 4  # momentum 1 - 1/4 = 0.75, raised to the 0.9 floor
+    config = optim("constant")
+    config.weight_decay, config.weight_averaging = 0.0, "ema"
+    assert optimization.ema_momentum(4) == 0.9 and optimization.ema_momentum(250) == pytest.approx(0.996)
+    model = tf.keras.Sequential([tf.keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros")])
+    model.build((None, 1))
+    optimizer = optimization.make_optimizer(p, config)
+    optimizer.build(model.trainable_variables)
+    for _ in range(5):
+        optimizer.apply_gradients([(tf.ones((1, 1)), model.trainable_variables[0])])
+    average = 0.0
+    for k in range(1, 6):
+        average = 0.9 * average + 0.1 * (-k * 1e-2)
+    with optimization.averaged_weights(model, optimizer):
+        assert float(model.trainable_variables[0][0, 0]) == pytest.approx(average, rel=1e-4)
+    assert float(model.trainable_variables[0][0, 0]) == pytest.approx(-5e-2, rel=1e-4)

@@ -85,3 +85,36 @@ def test_auto_picks_a_rate_near_the_rule_on_the_pretrained_model(tmp_path):
     assert derived / 3 <= result["learning_rate"] <= derived * 3, (derived, result["learning_rate"])
     assert result["learning_rate"] <= result["lr_at_min_loss"]
     tf.keras.backend.clear_session()
+
+
+def test_a_weight_average_that_beats_the_weights_is_what_is_exported(tmp_path, corpus_file, tiny_model_dir):
+    """optim.weight_averaging=ema at a high constant rate, where the weights jump around and
+    their average is smoother: the best weights are the average's at some evaluation, the
+    report says so, and the export holds exactly the weights that scored best_val_loss."""
+    from trainer.evaluation import loss as loss_lib
+    from trainer.run import inputs
+
+    config = small_config(tmp_path / "out", corpus_file, tiny_model_dir, **{
+        "optim.schedule": "constant", "optim.learning_rate": 2e-2, "optim.weight_averaging": "ema",
+        "train.epochs": 4, "train.eval_every_steps": 6, "train.early_stopping_patience": 0})
+    report = train.train_and_evaluate(config, log=quiet)
+    points = report["history"]["validation"]
+    assert all("ema_loss" in p for p in points)
+    assert report["best_is_weight_average"], [(p["loss"], p["ema_loss"]) for p in points]
+    best = next(p for p in points if p["step"] == report["best_step"])
+    assert report["best_val_loss"] == best["ema_loss"] < best["loss"]
+    assert report["best_val_loss"] == min(min(p["loss"], p["ema_loss"]) for p in points)
+    exported, _ = model_lib.load_model(str(tmp_path / "out" / "export"), log=quiet)
+    prep = inputs.prepare(config, log=quiet)
+    sums, counts = loss_lib.row_sums(exported, prep.val_blocks, 8, prep.tokenizer.eos_token_id)  # documents alone
+    assert sums.sum() / counts.sum() == pytest.approx(report["best_val_loss"], rel=1e-4)
+
+
+def test_weight_averaging_refuses_a_task_metric_selection(tmp_path, corpus_file, tiny_model_dir):
+    from trainer import settings
+    from trainer.errors import UserError
+
+    config = small_config(tmp_path / "out", corpus_file, tiny_model_dir, **{
+        "optim.weight_averaging": "ema", "train.select_best_by": "token_f1"})
+    with pytest.raises(UserError, match="select_best_by=loss"):
+        settings.resolve(config)

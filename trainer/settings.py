@@ -117,6 +117,7 @@ RULES = {
     "optim.warmup_ratio": (_number(0, 1, high_open=True), "in [0, 1), e.g. 0.06"),
     "optim.final_lr_ratio": (_number(0, 1), "in [0, 1], e.g. 0.1"),
     "optim.decay_ratio": (_number(0, 1, low_open=True), "in (0, 1], e.g. 0.2"),
+    "optim.weight_averaging": (_choice("none", "ema"), "none or ema"),
     "optim.weight_decay": (_number(0), "0 or more, e.g. 0.01"),
     "optim.beta_1": (_number(0, 1, high_open=True), "in [0, 1), e.g. 0.9"),
     "optim.beta_2": (_number(0, 1, high_open=True), "in [0, 1), e.g. 0.999"),
@@ -240,6 +241,13 @@ def resolve(config):
         node[name] = filesystem.expand(node[name])
     resolved.data.batching = batching_of(resolved.data)
     resolved.train.select_best_by = select_by_of(resolved)
+    if resolved.optim.weight_averaging != "none" and resolved.train.select_best_by != "loss":
+        raise UserError(
+            f"--config.optim.weight_averaging={resolved.optim.weight_averaging} compares the averaged weights "
+            f"with the weights by validation loss, but train.select_best_by is "
+            f"{resolved.train.select_best_by}" + (" (auto, for prompt/completion data)"
+                                                  if config.train.select_best_by == "auto" else "")
+            + ". Use --config.train.select_best_by=loss, or --config.optim.weight_averaging=none.")
     vertex_outputs = vertex.output_locations()
     if vertex_outputs and not filesystem.is_remote(resolved.output_dir):
         # On Vertex a local folder dies with the job's VM: the job's baseOutputDirectory it is.

@@ -106,6 +106,8 @@ def _report(launch: Launch, devices: Devices, prep: Prepared, outputs: Outputs, 
         "stopped_early": bool(state["stopped_early"]),
         # wsd: the step validation started the decay at (the run ended with it), else None.
         "decay_started_at": state["decay_start_step"],
+        # optim.weight_averaging=ema: the exported weights are the moving average's.
+        "best_is_weight_average": bool(state["best_is_average"]),
         "learning_rate": plan.learning_rate,
         "learning_rate_auto": {k: v for k, v in lr_auto.items() if k not in ("lrs", "losses", "smoothed")}
         if lr_auto else None,

@@ -247,6 +247,13 @@ class Loop:
             result = evaluation.evaluate(self.built.eval_step, self.built.val_data, should_stop=lambda: stop.signal)
         if result is None:
             raise _Abandoned()
+        averaged = None  # optim.weight_averaging=ema: the moving average's validation loss
+        if config.optim.weight_averaging == "ema":
+            with timings.part("evaluation"), optimization.averaged_weights(model, self.built.optimizer):
+                averaged = evaluation.evaluate(self.built.eval_step, self.built.val_data,
+                                               should_stop=lambda: stop.signal)
+            if averaged is None:
+                raise _Abandoned()
         with timings.part("generation"):
             samples = model_lib.sample_generations(model, tokenizer, self.prompts, config.eval.max_new_tokens,
                                                    config.seed) if chief else []
@@ -265,6 +272,7 @@ class Loop:
         health = diagnosis.generation_health(samples, self.training_ngrams) if chief else {}
         run_log.scalars("validation", at_step, {"loss": result["loss"], "perplexity": result["perplexity"],
                                                 "accuracy": result["accuracy"],
+                                                **({"ema_loss": averaged["loss"]} if averaged else {}),
                                                 **{f"generation/{k}": v for k, v in health.items()},
                                                 **{f"task/{k}": scores[k] for k in settings.TASK_METRICS
                                                    if k in scores}})
@@ -286,16 +294,28 @@ class Loop:
             score, min_delta = val_loss, config.train.early_stopping_min_delta
         else:
             score, min_delta = -distribution.from_chief(strategy, scores.get(select_by, 0.0), chief), 0.0
+        # The moving average competes with the weights (the same loss on every worker: all-reduced).
+        use_average = averaged is not None and averaged["loss"] < val_loss
+        if use_average:
+            score = averaged["loss"]
         if score < state["best_score"] - min_delta:
-            state["best_score"], state["best_val_loss"] = score, val_loss
+            state["best_score"], state["best_val_loss"] = score, (averaged["loss"] if use_average else val_loss)
             state["best_step"], state["evals_since_best"] = at_step, 0
-            self.checkpoints.save_best(at_step)  # named by the state that the next save() writes
+            state["best_is_average"] = use_average
+            if use_average:
+                with optimization.averaged_weights(model, self.built.optimizer):
+                    self.checkpoints.save_best(at_step)
+            else:
+                self.checkpoints.save_best(at_step)  # named by the state that the next save() writes
         else:
             state["evals_since_best"] += 1
         state["last_eval_step"] = at_step
         self.hypertune.report(val_loss, at_step)
         task_line = (" " + ", ".join(f"{k} {scores[k]:.1f}" for k in settings.TASK_METRICS) + ";") if scores else ""
-        best_line = (f"best {state['best_val_loss']:.4f}" if select_by == "loss" else
+        if averaged:
+            task_line += f" weight average {averaged['loss']:.4f};"
+        best_line = (f"best {state['best_val_loss']:.4f}" + (" (weight average)" if state["best_is_average"] else "")
+                     if select_by == "loss" else
                      f"best {select_by} {-state['best_score']:.1f}")
         log(f"Step {at_step}: validation loss {val_loss:.4f} (perplexity {math.exp(min(val_loss, 50)):.1f};"
             f"{task_line} {best_line} at step {state['best_step']}).")

@@ -179,10 +179,12 @@ class RunState:
     # base_samples: the base model's seeded continuations of the evaluation prompts (step 0),
     # shown beside the exported model's at the end of the run.
     # decay_start_step: the wsd schedule's first decay step once validation started it.
+    # best_is_average: the best weights are the moving average's (optim.weight_averaging=ema).
     FIELDS = {"best_val_loss": float("inf"), "best_score": float("inf"), "best_step": -1, "evals_since_best": 0,
               "initial_val_loss": float("nan"), "last_eval_step": -1, "train_tokens": 0,
               "train_seconds": 0.0, "stopped_early": False, "monitors": [], "samples": [],
-              "review_base": [], "base_samples": [], "window": {}, "decay_start_step": None}
+              "review_base": [], "base_samples": [], "window": {}, "decay_start_step": None,
+              "best_is_average": False}
 
     def __init__(self):
         import tensorflow as tf

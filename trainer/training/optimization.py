@@ -305,6 +305,13 @@ def make_schedule(plan: TrainingPlan, optim_config):
 NO_DECAY = ["bias", "ln_", "LayerNorm", "layer_norm", "gamma", "beta"]
 
 
+def ema_momentum(eval_every_steps: int) -> float:
+    """optim.weight_averaging=ema: an average over about one evaluation interval, so each
+    evaluation compares the weights with their own recent past. Every 11 steps: 1 - 1/11 =
+    0.909; every 250: 0.996; kept in [0.9, 0.999]."""
+    return min(0.999, max(0.9, 1.0 - 1.0 / max(1, eval_every_steps)))
+
+
 def make_optimizer(plan: TrainingPlan, optim_config, schedule=None, loss_scaling: bool = False):
     """AdamW on the plan's schedule (or `schedule`, e.g. lr_find's sweep); create it
     inside strategy.scope() so its slots are distributed like the weights.
@@ -314,10 +321,43 @@ def make_optimizer(plan: TrainingPlan, optim_config, schedule=None, loss_scaling
     2,000 clean steps)."""
     import tensorflow as tf
 
+    averaging = plan is not None and optim_config.weight_averaging == "ema"
     optimizer = tf.keras.optimizers.AdamW(
         learning_rate=schedule or make_schedule(plan, optim_config), weight_decay=optim_config.weight_decay,
-        beta_1=optim_config.beta_1, beta_2=optim_config.beta_2, epsilon=optim_config.epsilon)
+        beta_1=optim_config.beta_1, beta_2=optim_config.beta_2, epsilon=optim_config.epsilon,
+        # Keras keeps the average as an optimizer slot ("average"), updated after every step and
+        # saved in every checkpoint with the other slots; it never overwrites the weights itself.
+        use_ema=averaging, ema_momentum=ema_momentum(plan.eval_every_steps) if averaging else 0.99)
     optimizer.exclude_from_weight_decay(var_names=NO_DECAY)
     if loss_scaling:
         optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
     return optimizer
+
+
+class averaged_weights:
+    """`with averaged_weights(model, optimizer):` the model holds the optimizer's moving
+    average of its weights (optim.weight_averaging=ema), and its own weights again after.
+
+    Keras exposes the average only as a whole-model overwrite (finalize_variable_values), so
+    this reads its slot list the way that method does (_model_variables_moving_average,
+    indexed by _index_dict[_var_key(var)]; tf-keras 2.21). Assigned in cross-replica context,
+    so every replica of a mirrored variable takes the same value."""
+
+    def __init__(self, model, optimizer):
+        self.model = model
+        self.inner = getattr(optimizer, "inner_optimizer", optimizer)  # under a LossScaleOptimizer
+
+    def __enter__(self):
+        import tensorflow as tf
+
+        inner = self.inner
+        self.variables = list(self.model.trainable_variables)
+        self.kept = [tf.identity(v) for v in self.variables]
+        for var in self.variables:
+            var.assign(inner._model_variables_moving_average[inner._index_dict[inner._var_key(var)]])
+        return self
+
+    def __exit__(self, *exc):
+        for var, value in zip(self.variables, self.kept):
+            var.assign(value)
+        self.kept = []
