@@ -67,8 +67,16 @@ def corpora(workdir: str) -> dict:
     return {"short": short, "long": long}
 
 
-def steps_per_epoch(output: str) -> int:
-    return json.load(open(os.path.join(output, "config.json")))["plan"]["steps_per_epoch"]
+def planned_steps_per_epoch(overrides: dict) -> int:
+    """The corpus's steps per epoch as the trainer plans them (the half-epoch evaluation
+    interval needs it before the first grid run), from its own data preparation."""
+    from configs import default
+    from trainer import settings
+    from trainer.run import inputs
+
+    config = default.get_config()
+    settings.override(config, {**overrides, "output_dir": "/tmp/unused"})
+    return inputs.prepare(settings.resolve(config), log=lambda message: None).plan.steps_per_epoch
 
 
 def run(workdir: str, regime: str, name: str, overrides: dict) -> dict:
@@ -153,15 +161,10 @@ def main():
             for name, extra in DEFAULTS.items():
                 results.append(run(args.workdir, regime, name, {**common, **extra}))
         if not args.skip_grid:
-            per_epoch = None
+            per_epoch = planned_steps_per_epoch(common)
             for lr, epochs in GRID_RUN[regime]:
-                overrides = {**common, **grid_overrides(lr, epochs, per_epoch or 1)}
-                if per_epoch is None:  # the half-epoch interval needs the corpus's steps per epoch: plan once
-                    probe = run(args.workdir, regime, "default before (linear, derived epochs)",
-                                {**common, **DEFAULTS["default before (linear, derived epochs)"]})
-                    per_epoch = steps_per_epoch(probe["output"])
-                    overrides = {**common, **grid_overrides(lr, epochs, per_epoch)}
-                results.append(run(args.workdir, regime, f"grid (lr {lr:g}, {epochs} epochs)", overrides))
+                results.append(run(args.workdir, regime, f"grid (lr {lr:g}, {epochs} epochs)",
+                                   {**common, **grid_overrides(lr, epochs, per_epoch)}))
     summarise(results)
     with open(os.path.join(args.out_dir, "recipe.json"), "w") as f:
         json.dump(results, f, indent=2)
