@@ -161,8 +161,11 @@ def get_config():
     # (warm-up, stable, decay): the peak rate while validation improves, then a linear
     # decay over decay_ratio of the steps so far, started when validation has not
     # improved for early_stopping_patience - 1 evaluations; the run ends with the decay,
-    # so train.epochs is a cap (derived: 20 epochs, at most 20,000 steps).
-    config.optim.schedule = "linear"
+    # so train.epochs is a cap (derived: 20 epochs, at most 20,000 steps). "auto": wsd
+    # when the validation loss selects the best weights, linear when a task metric does
+    # (its plateaus on a few dozen prompts are too noisy to start a decay on). Measured:
+    # README "The recipe's levers, measured".
+    config.optim.schedule = "auto"
     # Linear warm-up length in optimizer steps. None = warmup_ratio of the total.
     config.optim.warmup_steps = config_dict.placeholder(int)
     # Warm-up as a share of the total steps, used when warmup_steps is None.

@@ -169,7 +169,7 @@ def test_derived_learning_rate_scales_with_width_and_batch():
 
 def test_plan_derives_what_is_unset_and_keeps_what_is_set():
     config = default.get_config()
-    config.data.block_size, config.train.batch_size = 128, 16
+    config.data.block_size, config.train.batch_size, config.optim.schedule = 128, 16, "linear"
     p = optimization.plan_training(config, train_rows=1600, n_embd=768)  # 100 steps/epoch
     assert (p.steps_per_epoch, p.epochs, p.total_steps) == (100, 3, 300)
     assert p.warmup_steps == 18  # 0.06 x 300
@@ -182,6 +182,19 @@ def test_plan_derives_what_is_unset_and_keeps_what_is_set():
     assert (p.learning_rate, p.epochs, p.total_steps) == (3e-5, 5, 120)
     assert "optim.learning_rate" not in p.derived
     assert p.early_stopping_patience == 3  # free text: the loss selects
+
+
+def test_auto_schedule_is_wsd_when_the_loss_selects_and_linear_when_a_task_metric_does():
+    from trainer import settings
+
+    config = default.get_config()
+    config.output_dir, config.data.train_files = "/tmp/unused", "x.jsonl"
+    assert config.optim.schedule == "auto"
+    assert settings.resolve(config).optim.schedule == "wsd"
+    config.data.prompt_field, config.data.completion_field = "prompt", "completion"
+    assert settings.resolve(config).optim.schedule == "linear"  # token_f1 selects
+    config.train.select_best_by = "loss"
+    assert settings.resolve(config).optim.schedule == "wsd"
 
 
 def test_patience_is_derived_from_the_evaluation_count_when_a_task_metric_selects():
@@ -202,6 +215,7 @@ def test_patience_is_derived_from_the_evaluation_count_when_a_task_metric_select
 def test_evaluation_interval_keeps_a_validation_pass_under_a_tenth_of_the_training_between():
     config = default.get_config()
     config.data.block_size, config.train.batch_size = 512, 8  # 4,096 tokens/step
+    config.optim.schedule = "linear"
     p = optimization.plan_training(config, train_rows=24_000, n_embd=768, val_tokens=1_000)
     assert p.eval_every_steps == 150  # 3,000 steps / 20: a small validation set changes nothing
     p = optimization.plan_training(config, train_rows=24_000, n_embd=768, val_tokens=400_000)
@@ -225,7 +239,7 @@ def test_biases_and_layernorm_are_not_decayed(tiny_model_dir):
     from trainer import model as model_lib
 
     model, _ = model_lib.load_model(tiny_model_dir, log=lambda m: None)
-    config = default.get_config().optim
+    config = optim("linear")
     config.weight_decay = 0.1
     optimizer = optimization.make_optimizer(plan(total=10, warmup=1, peak=1e-2), config)
     before = {v.name: v.numpy().copy() for v in model.trainable_variables}

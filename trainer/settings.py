@@ -112,7 +112,7 @@ RULES = {
     "optim.learning_rate": (lambda v: v == "auto" or _number(0, low_open=True, optional=True)(v),
                             "positive (e.g. 1e-4), auto (a short range test), or unset to derive it from "
                             "the model and batch size"),
-    "optim.schedule": (_choice(*SCHEDULES), ", ".join(SCHEDULES)),
+    "optim.schedule": (_choice("auto", *SCHEDULES), "auto, " + ", ".join(SCHEDULES)),
     "optim.warmup_steps": (_int(0, optional=True), "0 or more, or unset to use warmup_ratio"),
     "optim.warmup_ratio": (_number(0, 1, high_open=True), "in [0, 1), e.g. 0.06"),
     "optim.final_lr_ratio": (_number(0, 1), "in [0, 1], e.g. 0.1"),
@@ -241,6 +241,7 @@ def resolve(config):
         node[name] = filesystem.expand(node[name])
     resolved.data.batching = batching_of(resolved.data)
     resolved.train.select_best_by = select_by_of(resolved)
+    resolved.optim.schedule = schedule_of(resolved)
     if resolved.optim.weight_averaging != "none" and resolved.train.select_best_by != "loss":
         raise UserError(
             f"--config.optim.weight_averaging={resolved.optim.weight_averaging} compares the averaged weights "
@@ -272,6 +273,16 @@ def select_by_of(config) -> str:
     if config.train.select_best_by != "auto":
         return config.train.select_best_by
     return "token_f1" if is_prompt_completion(config.data) and config.eval.task_examples else "loss"
+
+
+def schedule_of(config) -> str:
+    """optim.schedule with "auto" decided: wsd when the validation loss selects (a loss over
+    thousands of tokens says reliably when it stops improving, which is what starts wsd's
+    decay), linear over the derived epochs when a task metric selects (a metric on 64 prompts
+    plateaus before it climbs, so its pauses would start the decay too soon)."""
+    if config.optim.schedule != "auto":
+        return config.optim.schedule
+    return "wsd" if select_by_of(config) == "loss" else "linear"
 
 
 def document_eos_id(data_config, eos_token_id: int) -> int | None:

@@ -109,6 +109,7 @@ def _report(launch: Launch, devices: Devices, prep: Prepared, outputs: Outputs, 
         # optim.weight_averaging=ema: the exported weights are the moving average's.
         "best_is_weight_average": bool(state["best_is_average"]),
         "learning_rate": plan.learning_rate,
+        "schedule": plan.schedule,
         "learning_rate_auto": {k: v for k, v in lr_auto.items() if k not in ("lrs", "losses", "smoothed")}
         if lr_auto else None,
         "model": {"name_or_path": config.model.name_or_path, "loaded_from": str(built.loaded_from),

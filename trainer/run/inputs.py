@@ -180,7 +180,8 @@ def _plan(config, documents, tokenizer, model_config, train_blocks, val_blocks, 
         f"each epoch drops {train_source.rows - plan.steps_per_epoch * config.train.batch_size:,} of the "
         f"{train_source.rows:,} rows, fewer than one batch, different ones each time)"
         f" of {plan.tokens_per_step:,} tokens; peak lr {plan.learning_rate:.3g}, warm-up "
-        f"{plan.warmup_steps} steps, evaluation every {plan.eval_every_steps} steps.")
+        f"{plan.warmup_steps} steps, {plan.schedule} schedule, evaluation every {plan.eval_every_steps} steps"
+        + (" (a cap: the decay that validation starts ends the run)." if plan.schedule == "wsd" else "."))
     resolved = config.to_dict()
     resolved["optim"]["learning_rate"] = plan.learning_rate
     resolved["optim"]["warmup_steps"] = plan.warmup_steps
@@ -188,5 +189,6 @@ def _plan(config, documents, tokenizer, model_config, train_blocks, val_blocks, 
     resolved["train"]["eval_every_steps"] = plan.eval_every_steps
     resolved["train"]["checkpoint_every_steps"] = plan.checkpoint_every_steps
     resolved["train"]["early_stopping_patience"] = plan.early_stopping_patience
+    resolved["optim"]["schedule"] = plan.schedule
     return Prepared(config, documents, tokenizer, model_config, train_blocks, val_blocks, plan, resolved,
                     train_source, fingerprint, stats, test_blocks)

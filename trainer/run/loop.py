@@ -319,7 +319,7 @@ class Loop:
                      f"best {select_by} {-state['best_score']:.1f}")
         log(f"Step {at_step}: validation loss {val_loss:.4f} (perplexity {math.exp(min(val_loss, 50)):.1f};"
             f"{task_line} {best_line} at step {state['best_step']}).")
-        if config.optim.schedule == "wsd":
+        if self.plan.schedule == "wsd":
             # No early stop: the decay ends the run, and it runs its whole (short) length, since
             # it is what brings the loss down from the peak rate's plateau.
             wait = self.plan.decay_patience

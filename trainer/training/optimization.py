@@ -66,8 +66,9 @@ class TrainingPlan:
     tokens_per_step: int
     derived: dict  # field -> sentence saying how it was derived
     early_stopping_patience: int = 3  # evaluations without improvement; 0 = never stop early
-    # wsd: evaluations without a new best that start the decay (it ends the run); 0 = not wsd.
+    # wsd: evaluations without a new best that start the decay (it ends the run); 0 = only at the cap.
     decay_patience: int = 0
+    schedule: str = "linear"  # optim.schedule with "auto" decided (a plan stored before it: linear)
 
 
 def derived_learning_rate(n_embd: int, tokens_per_step: int, from_scratch: bool = False) -> float:
@@ -113,9 +114,10 @@ def plan_training(config, train_rows: int, n_embd: int, val_tokens: int = 0) -> 
     derived = {}
     tokens_per_step = t.batch_size * block
     epochs = t.epochs
-    wsd = o.schedule == "wsd"
+    schedule = settings.schedule_of(config)  # "auto" decided, as settings.resolve does
+    wsd = schedule == "wsd"
     if epochs is None:
-        epochs = derived_epochs(steps_per_epoch, o.schedule)
+        epochs = derived_epochs(steps_per_epoch, schedule)
         derived["train.epochs"] = (
             f"{epochs}: at most, since the wsd schedule decays and ends the run when validation stops "
             f"improving; {WSD_MAX_EPOCHS} epochs of {steps_per_epoch} steps, fewer to stay within "
@@ -180,7 +182,7 @@ def plan_training(config, train_rows: int, n_embd: int, val_tokens: int = 0) -> 
                         warmup_steps=int(warmup), learning_rate=float(lr),
                         eval_every_steps=int(eval_every), checkpoint_every_steps=int(ckpt_every),
                         tokens_per_step=tokens_per_step, derived=derived, early_stopping_patience=int(patience),
-                        decay_patience=int(decay_patience))
+                        decay_patience=int(decay_patience), schedule=schedule)
 
 
 def decay_window(start_step: int, total_steps: int, decay_ratio: float) -> tuple[int, int]:
@@ -261,11 +263,16 @@ class _MathOps:
         return a if cond else b
 
 
+def schedule_of(plan: TrainingPlan, optim_config) -> str:
+    """The schedule a config names, or the plan's when the config says auto (the plan decided it)."""
+    return plan.schedule if optim_config.schedule == "auto" else optim_config.schedule
+
+
 def lr_value(step: int, plan: TrainingPlan, optim_config, decay_start: int | None = None) -> float:
     """decay_start: wsd's first decay step once validation started it (the run state's), else None."""
     decay = decay_window(decay_start, plan.total_steps, optim_config.decay_ratio)
     return float(learning_rate_at(step, plan.learning_rate, plan.warmup_steps, plan.total_steps,
-                                  optim_config.schedule, optim_config.final_lr_ratio, _MathOps, decay))
+                                  schedule_of(plan, optim_config), optim_config.final_lr_ratio, _MathOps, decay))
 
 
 def make_schedule(plan: TrainingPlan, optim_config):
@@ -286,14 +293,14 @@ def make_schedule(plan: TrainingPlan, optim_config):
         def __call__(self, step):
             step = tf.cast(step, tf.float32)
             return learning_rate_at(step, plan.learning_rate, plan.warmup_steps, plan.total_steps,
-                                    optim_config.schedule, optim_config.final_lr_ratio, _TFOps,
+                                    schedule_of(plan, optim_config), optim_config.final_lr_ratio, _TFOps,
                                     (self.decay[0], self.decay[1]))
 
         def start_decay(self, start_step: int | None) -> None:
             self.decay.assign(decay_window(start_step, plan.total_steps, optim_config.decay_ratio))
 
         def get_config(self):
-            return {"plan": dataclasses.asdict(plan), "schedule": optim_config.schedule}
+            return {"plan": dataclasses.asdict(plan), "schedule": schedule_of(plan, optim_config)}
 
     return WarmupDecay()
 
