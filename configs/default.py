@@ -207,7 +207,9 @@ def get_config():
     # Evaluate on validation every N optimizer steps (and at step 0). None =
     # derived: about 20 evaluations per run, at least one per epoch.
     config.train.eval_every_steps = config_dict.placeholder(int)
-    # Stop after this many evaluations without improvement; 0 = never stop early.
+    # Stop after this many evaluations without improvement; 0 = never stop early. On the
+    # wsd schedule nothing stops early: the decay starts one evaluation sooner (2 of 3)
+    # and ends the run; 0 there = the decay waits for the cap.
     # None = derived: 3 when the loss selects (a validation loss over thousands of
     # tokens is smooth: 3 evaluations without a new low is a turn); with a task
     # metric, 30% of the planned evaluations and at least 3 (6 of ~20), because a
