@@ -1,6 +1,10 @@
 """The default recipe against a validation-selected grid (issue 25), on corpora built here.
 
-    .venv/bin/python bench/bench_recipe.py [--workdir DIR] [--only REGIME[,REGIME]] [--runs NAME,...]
+    .venv/bin/python bench/bench_recipe.py [--workdir DIR] [--only REGIME[,REGIME]] [--runs TEXT,...]
+
+--runs starts only the settings whose name contains one of the texts (e.g. "wsd,lr 0.0006");
+the others are reported if an earlier launch finished them, and left out if not. That is how
+the runs are ordered on a machine that cannot hold them all in one sitting.
 
 Regimes (nothing downloaded; none of this text is tunewell-base's pretraining text):
   short   1,000 README paragraphs of the installed Python packages (12+ words each, a seeded
@@ -79,11 +83,13 @@ def planned_steps_per_epoch(overrides: dict) -> int:
     return inputs.prepare(settings.resolve(config), log=lambda message: None).plan.steps_per_epoch
 
 
-def run(workdir: str, regime: str, name: str, overrides: dict) -> dict:
+def run(workdir: str, regime: str, name: str, overrides: dict, start: bool = True) -> dict | None:
     output = os.path.join(workdir, "runs", regime, name.split(" (")[0].replace(" ", "-") + (
         "" if "(" not in name else "-" + name.split("(")[1].rstrip(")").replace(", ", "-").replace(" ", "-")))
     report_path = os.path.join(output, "report.json")
     if not os.path.exists(report_path):
+        if not start:
+            return None
         flags = [f"--config.{k}={v}" for k, v in {**overrides, "output_dir": output}.items()]
         started = time.time()
         subprocess.run([sys.executable, "-m", "trainer.task", "--config=configs/default.py", *flags], cwd=ROOT,
@@ -149,9 +155,15 @@ def main():
     parser.add_argument("--only", default="", help="comma-separated regimes (default: all)")
     parser.add_argument("--skip-defaults", action="store_true", help="run only the grid points")
     parser.add_argument("--skip-grid", action="store_true", help="run only the defaults")
+    parser.add_argument("--runs", default="", help="comma-separated texts: start only settings whose name has one")
     parser.add_argument("--out-dir", default=BENCH)
     args = parser.parse_args()
     wanted = [r for r in args.only.split(",") if r]
+    chosen = [t for t in args.runs.split(",") if t]
+
+    def start(name: str) -> bool:
+        return not chosen or any(text in name for text in chosen)
+
     results = []
     for regime, corpus in corpora(args.workdir).items():
         if wanted and regime not in wanted:
@@ -159,12 +171,14 @@ def main():
         common = {**ON_BASE, "data.train_files": corpus}
         if not args.skip_defaults:
             for name, extra in DEFAULTS.items():
-                results.append(run(args.workdir, regime, name, {**common, **extra}))
+                results.append(run(args.workdir, regime, name, {**common, **extra}, start(name)))
         if not args.skip_grid:
             per_epoch = planned_steps_per_epoch(common)
             for lr, epochs in GRID_RUN[regime]:
-                results.append(run(args.workdir, regime, f"grid (lr {lr:g}, {epochs} epochs)",
-                                   {**common, **grid_overrides(lr, epochs, per_epoch)}))
+                name = f"grid (lr {lr:g}, {epochs} epochs)"
+                results.append(run(args.workdir, regime, name, {**common, **grid_overrides(lr, epochs, per_epoch)},
+                                   start(name)))
+    results = [r for r in results if r is not None]
     summarise(results)
     with open(os.path.join(args.out_dir, "recipe.json"), "w") as f:
         json.dump(results, f, indent=2)
