@@ -1,6 +1,7 @@
 """deploy/gpu_vm/: shellcheck-clean, and each --dry_run prints the exact gcloud commands."""
 
 import glob
+import json
 import os
 import shlex
 import shutil
@@ -80,3 +81,65 @@ def test_tensorboard_and_teardown():
 def test_bad_flags_exit_2_and_say_why(name, args, message):
     out = script(name, "--dry_run", *args)
     assert out.returncode == 2 and message in out.stderr and not commands(out)
+
+
+TRICKY_ARGS = ["--config=configs/local.py", "--config.data.train_files=gs://b/*.jsonl",
+               "--config.eval.prompts=it's a \"test\", ok"]
+
+
+def write_units(tmp_path, app, output_dir, shutdown="1", env=None):
+    out = subprocess.run(["bash", os.path.join(REPO, "deploy", "gpu_vm", "on_vm.sh"), "--write-units",
+                          str(tmp_path), str(app), str(output_dir), shutdown, *TRICKY_ARGS],
+                         capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})})
+    assert out.returncode == 0, out.stderr
+
+
+def test_the_training_service_passes_globs_spaces_and_quotes_exactly(tmp_path):
+    """Issue 26: the flags used to sit in ExecStart quoted by printf %q, which systemd does not
+    read: gs://b/*.jsonl arrived as gs://b/\\*.jsonl and matched nothing."""
+    app = tmp_path / "app"
+    (app / ".venv" / "bin").mkdir(parents=True)
+    fake_python = app / ".venv" / "bin" / "python"  # prints the argv it was given
+    fake_python.write_text("#!/usr/bin/env python3\nimport json, sys\nprint(json.dumps(sys.argv[1:]))\n")
+    fake_python.chmod(0o755)
+    write_units(tmp_path, app, "gs://b/runs/a")
+    if shutil.which("systemd-analyze"):
+        verify = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "tunewell-train.service")],
+                                capture_output=True, text=True, timeout=60)
+        assert verify.returncode == 0 and "escape" not in verify.stderr + verify.stdout, verify.stderr
+    elif os.environ.get("CI"):
+        pytest.fail("systemd-analyze is missing (apt-get install systemd)")
+    unit = (tmp_path / "tunewell-train.service").read_text()
+    assert f"ExecStart=/bin/bash {app}/run_training.sh" in unit and "*" not in unit
+    ran = subprocess.run(["bash", str(tmp_path / "run_training.sh")], capture_output=True, text=True, timeout=60)
+    assert json.loads(ran.stdout) == ["-m", "trainer.task", *TRICKY_ARGS, "--config.output_dir=gs://b/runs/a"]
+
+
+@pytest.mark.parametrize("finished", [False, True])
+def test_after_training_keeps_the_log_and_disables_the_service_once_the_run_finished(tmp_path, finished):
+    """Issue 26: the log copied into a folder without config.json made the restart after a
+    spot preemption refuse it ("something other than a tunewell run (train.log)"), and a VM
+    started again after a finished run retrained nothing and powered off again."""
+    from trainer.training import checkpoints
+
+    output = tmp_path / "out"
+    output.mkdir()
+    if finished:
+        (output / "report.json").write_text("{}")
+    log = tmp_path / "train.log"
+    log.write_text("step 10\n")
+    bin_dir = tmp_path / "bin"  # systemctl that only records what it was asked
+    bin_dir.mkdir()
+    (bin_dir / "systemctl").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/systemctl.calls\n")
+    (bin_dir / "systemctl").chmod(0o755)
+    units = tmp_path / "units"
+    units.mkdir()
+    write_units(units, REPO, output, env={"TUNEWELL_LOG": str(log)})
+    done = subprocess.run(["bash", str(units / "after_training.sh")], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert done.returncode == 0, done.stderr
+    assert (output / "train.log").read_text() == "step 10\n"
+    calls = (tmp_path / "systemctl.calls").read_text().splitlines()
+    assert calls == (["disable tunewell-train", "poweroff"] if finished else ["poweroff"])
+    if not finished:  # preempted before config.json: the relaunch takes the folder as a new run
+        assert checkpoints.OutputDir(str(output)).stored is None

@@ -45,7 +45,8 @@ PREDATING_VALUES = {"data.test_fraction": 0.0, "data.test_files": "", "train.sel
 RUN_FILES = {"config.json", "report.json", "report.md", "curves.png", "metrics.jsonl", "doctor.json",
              "doctor.md", "logs", "checkpoints", "export", "export_pytorch", "lr_find",
              "review.html", "review.csv", "review_key.csv", "review_result.json",
-             "model"}  # Vertex AI's AIP_MODEL_DIR
+             "model",  # Vertex AI's AIP_MODEL_DIR
+             "train.log"}  # deploy/gpu_vm copies the service's log here whenever it stops, even before config.json
 
 
 @dataclasses.dataclass(frozen=True)
