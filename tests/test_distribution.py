@@ -131,3 +131,18 @@ def test_a_peer_lost_before_the_loop_is_one_line_not_a_traceback():
     with pytest.raises(tf.errors.DeadlineExceededError):  # one process: no peer to blame
         with train_lib._peers_watched(one):
             raise tf.errors.DeadlineExceededError(None, None, "timed out")
+
+
+def test_a_batch_that_does_not_split_over_the_replicas_is_refused_before_any_write(tmp_path, corpus_file,
+                                                                                    tiny_model_dir):
+    """Issue 26: config.json used to be written before the batch checks, so a relaunch with
+    the fix was refused as "other settings (train.batch_size: 15 -> 16)", and eval.batch_size=3
+    on 2 replicas ended in a raw ValueError traceback."""
+    config = small_config(tmp_path / "out", corpus_file, tiny_model_dir)
+    for flag, message in (({"train.batch_size": 7}, "--config.train.batch_size=7"),
+                          ({"eval.batch_size": 3}, "--config.eval.batch_size=3")):
+        done = run_cli("trainer.task", *cli_args(config, **{"runtime.cpu_devices": 2, "preflight": "off", **flag}))
+        assert done.returncode == 2, done.stderr[-3000:]
+        assert message in done.stderr and "2 replicas" in done.stderr and "Traceback" not in done.stderr
+        # Nothing written, so the relaunch with the fix starts a new run (an empty folder is one).
+        assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())

@@ -112,6 +112,10 @@ def preflight(launch: Launch, devices: Devices, prep: Prepared, log) -> tuple[li
     """The doctor on the chief: (findings, audit stats). With preflight=strict, an error
     stops every worker (the vote is agreed) before anything is written."""
     config = launch.config
+    # Settings the strategy decides come first: a refused batch must leave no config.json
+    # behind, or the relaunch with the fix is refused as "other settings".
+    distribution.check_batch(devices.strategy, config.train.batch_size, config.train.grad_accum_steps,
+                             config.eval.batch_size)
     findings, audit_stats = [], {}
     if config.preflight != "off" and launch.chief:
         findings, audit_stats = diagnosis.run_checks(config, prep, diagnosis.estimate_parameters(prep.model_config),
@@ -146,7 +150,6 @@ def build(launch: Launch, devices: Devices, prep: Prepared, outputs: Outputs, lo
     import tensorflow as tf
 
     config, strategy = launch.config, devices.strategy
-    distribution.check_batch(strategy, config.train.batch_size, config.train.grad_accum_steps)
     log(distribution.describe_batch(strategy, config.train.batch_size, config.data.block_size))
     with strategy.scope():
         tf.keras.utils.set_random_seed(config.seed)

@@ -323,12 +323,19 @@ def input_pipelines(strategy) -> int:
 # ----------------------------------------------------------------------------- batches
 
 
-def check_batch(strategy, global_batch: int, grad_accum_steps: int) -> None:
-    """Every replica gets the same rows, split evenly into accumulation micro-batches."""
+def check_batch(strategy, global_batch: int, grad_accum_steps: int, eval_batch: int | None = None) -> None:
+    """Every replica gets the same rows, split evenly into accumulation micro-batches; the
+    evaluation batch (validation, test) splits evenly over the replicas too."""
     replicas = strategy.num_replicas_in_sync
     if global_batch % (replicas * grad_accum_steps):
+        fit = replicas * grad_accum_steps
         raise UserError(f"--config.train.batch_size={global_batch} must divide evenly over {replicas} "
-                        f"replicas x {grad_accum_steps} accumulation steps.")
+                        f"replicas x {grad_accum_steps} accumulation steps: use a multiple of {fit}, e.g. "
+                        f"--config.train.batch_size={max(fit, global_batch // fit * fit)}.")
+    if eval_batch and eval_batch % replicas:
+        raise UserError(f"--config.eval.batch_size={eval_batch} must divide evenly over {replicas} replicas: use a "
+                        f"multiple of {replicas}, e.g. --config.eval.batch_size={max(replicas, eval_batch // replicas * replicas)}, "
+                        "or leave it unset to use train.batch_size.")
 
 
 def describe_batch(strategy, global_batch: int, block_size: int) -> str:
