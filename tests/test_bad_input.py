@@ -113,6 +113,21 @@ def test_too_few_documents_to_hold_out_validation(tmp_path, tiny_model_dir):
     assert not os.path.exists(tmp_path / "out")
 
 
+def test_unreadable_weights_leave_the_output_folder_empty(tmp_path, tiny_model_dir, corpus_file):
+    """Issue 26: the weights were loaded after config.json was written, so the relaunch with a
+    good model was refused as a run with "other settings (model.name_or_path ...)"."""
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    for name in os.listdir(broken):
+        if name.endswith((".h5", ".safetensors")):
+            (broken / name).write_bytes(b"truncated by a failed download")
+    with pytest.raises(UserError, match=str(broken)):
+        train.train_and_evaluate(small_config(tmp_path / "out", corpus_file, str(broken)), log=quiet)
+    assert not os.path.exists(tmp_path / "out") or not os.listdir(tmp_path / "out")
+
+
 def test_a_model_folder_is_not_taken_for_an_earlier_run(tiny_model_dir, corpus_file):
     """A model folder has a config.json too; it used to be read as a run 'with other settings'."""
     before = tree_digest(tiny_model_dir)

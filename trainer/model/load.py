@@ -145,7 +145,11 @@ def read_tf_h5(path: str) -> dict:
     import h5py
 
     arrays = {}
-    with h5py.File(path, "r") as f:
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:  # a truncated download, an HTML error page saved under the name
+        raise UserError(f"{path}: not a readable HDF5 file ({e}). Re-download or re-export it.") from None
+    with f:
         def visit(name, obj):
             if isinstance(obj, h5py.Dataset):
                 # Stored as '<layer>/<model name>/<layer>/.../weight:0'.
@@ -274,10 +278,11 @@ def load_model(name_or_path: str, log=print):
     hf_logging.set_verbosity_error()  # our own check below replaces transformers' load warnings
     try:
         if chosen.format in ("tf-h5", "tf-safetensors"):
-            model = TFAutoModelForCausalLM.from_pretrained(
-                folder, use_safetensors=chosen.format == "tf-safetensors")
+            # Read first: an unreadable file is a UserError naming it, not transformers' traceback.
             stored = (read_tf_h5(chosen.path) if chosen.format == "tf-h5"
                       else read_safetensors([chosen.path]))
+            model = TFAutoModelForCausalLM.from_pretrained(
+                folder, use_safetensors=chosen.format == "tf-safetensors")
             expected = {w.name: stored.get(canonical_name(w.name)) for w in model.weights}
             expected = {k: v for k, v in expected.items() if v is not None}
         else:  # PyTorch names and layouts: safetensors, or a .bin that only torch can unpickle

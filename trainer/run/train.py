@@ -3,9 +3,10 @@
     open_run        settings, who this process is, what output_dir already holds
     start_devices   strategy and precision (before any other TensorFlow op)
     prepare_inputs  documents, tokenizer, rows and plan (the stored plan on a resume)
-    preflight       the doctor's checks; errors stop a strict run before any write
+    preflight       batch checks and the doctor's; errors stop a strict run before any write
+    load_weights    the model, its vocabulary matched (a bad checkpoint is refused before any write)
     open_outputs    config.json, doctor.json, the worker's own folder
-    build           model, learning rate (=auto: a range test), optimizer, steps, validation data
+    build           learning rate (=auto: a range test), optimizer, steps, validation data
     restore         the latest checkpoint, the run state and the run log
     Loop.run        train, log, evaluate, early-stop, checkpoint (trainer/run/loop.py)
     finish          best weights, exports, review sheet, report
@@ -47,8 +48,9 @@ def train_and_evaluate(config, log=reporting.say) -> dict:
     with _peers_watched(launch):  # the collectives before the loop (the loop watches its own)
         prep = prepare_inputs(launch, devices, log)
         findings, audit_stats = preflight(launch, devices, prep, log)
+        model, loaded_from = load_weights(launch, devices, prep, log)
         outputs = open_outputs(launch, prep, findings, audit_stats)
-        built = build(launch, devices, prep, outputs, log)
+        built = build(launch, devices, prep, outputs, model, loaded_from, log)
     progress = restore(launch, prep, outputs, built, log)
     loop = Loop(launch, devices, prep, outputs, built, progress, log)
     step = loop.run()
@@ -128,6 +130,19 @@ def preflight(launch: Launch, devices: Devices, prep: Prepared, log) -> tuple[li
     return findings, audit_stats
 
 
+def load_weights(launch: Launch, devices: Devices, prep: Prepared, log):
+    """(model, loaded_from): the weights, the vocabulary matched to the tokenizer. Before
+    open_outputs, so an unreadable checkpoint leaves no config.json that would refuse the
+    relaunch with another --config.model.name_or_path as "other settings"."""
+    import tensorflow as tf
+
+    with devices.strategy.scope():
+        tf.keras.utils.set_random_seed(launch.config.seed)
+        model, loaded_from = model_lib.load_model(launch.config.model.name_or_path, log)
+        model_lib.match_vocabulary(model, prep.tokenizer, log)
+    return model, loaded_from
+
+
 def open_outputs(launch: Launch, prep: Prepared, findings: list, audit_stats: dict) -> Outputs:
     """From here on the chief writes; config.json of the first launch is the run's identity.
     The other workers write only their checkpoints, to a local folder removed at the end."""
@@ -144,17 +159,11 @@ def open_outputs(launch: Launch, prep: Prepared, findings: list, audit_stats: di
     return Outputs(layout, distribution.worker_dir(config.output_dir, launch.cluster), findings)
 
 
-def build(launch: Launch, devices: Devices, prep: Prepared, outputs: Outputs, log) -> Built:
-    """The model (its vocabulary matched to the tokenizer), the learning rate when it is
-    `auto`, the optimizer with its slots, the compiled steps and the validation batches."""
-    import tensorflow as tf
-
+def build(launch: Launch, devices: Devices, prep: Prepared, outputs: Outputs, model, loaded_from, log) -> Built:
+    """The learning rate when it is `auto`, the optimizer with its slots, the compiled steps
+    and the validation batches."""
     config, strategy = launch.config, devices.strategy
     log(distribution.describe_batch(strategy, config.train.batch_size, config.data.block_size))
-    with strategy.scope():
-        tf.keras.utils.set_random_seed(config.seed)
-        model, loaded_from = model_lib.load_model(config.model.name_or_path, log)
-        model_lib.match_vocabulary(model, prep.tokenizer, log)
     # The token that ends a packed document when documents attend only to themselves, or None.
     eos = settings.document_eos_id(config.data, prep.tokenizer.eos_token_id)
     plan, resolved, lr_auto = _learning_rate(launch, devices, prep, outputs, model, eos, log)
