@@ -56,7 +56,11 @@ DEFAULTS = {
     "default before (linear, derived epochs)": {"optim.schedule": "linear"},
     "default (wsd)": {"optim.schedule": "wsd"},
     "wsd + weight average (ema)": {"optim.schedule": "wsd", "optim.weight_averaging": "ema"},
+    "wsd + learning_rate=auto": {"optim.schedule": "wsd", "optim.learning_rate": "auto"},
 }
+# The main job (configs/local.py on data/sample): no grid, only the defaults, so that a
+# default kept for the README regimes is also checked where a newcomer meets it.
+SAMPLE = {"config": "configs/local.py", "overrides": {"eval.review_examples": 0}}
 
 
 def corpora(workdir: str) -> dict:
@@ -83,7 +87,8 @@ def planned_steps_per_epoch(overrides: dict) -> int:
     return inputs.prepare(settings.resolve(config), log=lambda message: None).plan.steps_per_epoch
 
 
-def run(workdir: str, regime: str, name: str, overrides: dict, start: bool = True) -> dict | None:
+def run(workdir: str, regime: str, name: str, overrides: dict, start: bool = True,
+        config: str = "configs/default.py") -> dict | None:
     output = os.path.join(workdir, "runs", regime, name.split(" (")[0].replace(" ", "-") + (
         "" if "(" not in name else "-" + name.split("(")[1].rstrip(")").replace(", ", "-").replace(" ", "-")))
     report_path = os.path.join(output, "report.json")
@@ -92,7 +97,7 @@ def run(workdir: str, regime: str, name: str, overrides: dict, start: bool = Tru
             return None
         flags = [f"--config.{k}={v}" for k, v in {**overrides, "output_dir": output}.items()]
         started = time.time()
-        subprocess.run([sys.executable, "-m", "trainer.task", "--config=configs/default.py", *flags], cwd=ROOT,
+        subprocess.run([sys.executable, "-m", "trainer.task", f"--config={config}", *flags], cwd=ROOT,
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         print(f"{regime} / {name}: {time.time() - started:.0f} s", flush=True)
     report = json.load(open(report_path))
@@ -107,6 +112,9 @@ def run(workdir: str, regime: str, name: str, overrides: dict, start: bool = Tru
         "validation_perplexity": report["final_val_perplexity"],
         "test_perplexity": test.get("perplexity"), "test_perplexity_interval": test.get("perplexity_interval"),
         "diagnosis": report["diagnosis"][0]["label"], "train_seconds": round(report["train_seconds"], 1),
+        # learning_rate=auto's range test: its steps are training tokens too (counted in
+        # the ratio to the grid, since the grid's points pay nothing of the kind).
+        "range_test_tokens": (report.get("learning_rate_auto") or {}).get("sweep_steps", 0) * plan["tokens_per_step"],
     }
 
 
@@ -127,7 +135,7 @@ def summarise(results: list[dict]) -> None:
         for r in results:
             if r["regime"] == regime:
                 r["test_ratio_to_grid_best"] = r["test_perplexity"] / best["test_perplexity"]
-                r["tokens_ratio_to_grid_best"] = r["train_tokens"] / best["train_tokens"]
+                r["tokens_ratio_to_grid_best"] = (r["train_tokens"] + r["range_test_tokens"]) / best["train_tokens"]
 
 
 def markdown(results: list[dict]) -> str:
@@ -178,6 +186,10 @@ def main():
                 name = f"grid (lr {lr:g}, {epochs} epochs)"
                 results.append(run(args.workdir, regime, name, {**common, **grid_overrides(lr, epochs, per_epoch)},
                                    start(name)))
+    if not wanted or "sample" in wanted:
+        for name, extra in DEFAULTS.items():
+            results.append(run(args.workdir, "sample", name, {**SAMPLE["overrides"], **extra}, start(name),
+                               SAMPLE["config"]))
     results = [r for r in results if r is not None]
     summarise(results)
     with open(os.path.join(args.out_dir, "recipe.json"), "w") as f:
