@@ -198,7 +198,8 @@ def _learning_rate(launch: Launch, devices: Devices, prep: Prepared, outputs: Ou
     if lr_auto is None:
         with launch.timings.part("lr_auto"):
             lr_auto = lr_range.auto_learning_rate(model, devices.strategy, prep.train_source, plan, config, log,
-                                                  document_eos_id)
+                                                  document_eos_id,
+                                                  loss_scaling=distribution.uses_loss_scaling(devices.precision))
         if launch.chief:
             picked = lr_auto["learning_rate"]
             launch.run_dir.write_config(

@@ -110,10 +110,12 @@ def run_sweep(train_step, batches, min_lr: float, max_lr: float, num_steps: int,
     return lrs, losses, smoothed, stopped_because, why
 
 
-def make_sweep_optimizer(optim_config, min_lr: float, max_lr: float, num_steps: int):
+def make_sweep_optimizer(optim_config, min_lr: float, max_lr: float, num_steps: int, loss_scaling: bool = False):
     """AdamW as optimization.make_optimizer builds it (same betas, epsilon, weight decay,
-    no decay on biases and LayerNorm), on the sweep's schedule. Create it inside
-    strategy.scope()."""
+    no decay on biases and LayerNorm, loss scaling under mixed_float16: unscaled float16
+    gradients underflow to 0 or overflow to inf, and the sweep would read that as a
+    loss that never falls or one that diverges), on the sweep's schedule. Create it
+    inside strategy.scope()."""
     import tensorflow as tf
 
     class ExponentialSweep(tf.keras.optimizers.schedules.LearningRateSchedule):
@@ -123,7 +125,7 @@ def make_sweep_optimizer(optim_config, min_lr: float, max_lr: float, num_steps: 
         def get_config(self):
             return {"min_lr": min_lr, "max_lr": max_lr, "num_steps": num_steps}
 
-    return optimization.make_optimizer(None, optim_config, schedule=ExponentialSweep())
+    return optimization.make_optimizer(None, optim_config, schedule=ExponentialSweep(), loss_scaling=loss_scaling)
 
 
 # ----------------------------------------------------------------------------- optim.learning_rate=auto
@@ -145,7 +147,8 @@ def auto_budget(total_steps: int) -> int:
     return int(min(AUTO_MAX_STEPS, max(AUTO_MIN_STEPS, round(AUTO_SHARE * total_steps))))
 
 
-def auto_learning_rate(model, strategy, blocks, plan, config, log=print, document_eos_id: int | None = None) -> dict:
+def auto_learning_rate(model, strategy, blocks, plan, config, log=print, document_eos_id: int | None = None,
+                       loss_scaling: bool = False) -> dict:
     """optim.learning_rate=auto: a short range test on the run's own model and data, then
     the weights are put back as they were.
 
@@ -167,7 +170,7 @@ def auto_learning_rate(model, strategy, blocks, plan, config, log=print, documen
         f"{plan.total_steps}), {min_lr:.1e} -> {max_lr:.1e} around the derived {derived:.2g}.")
     initial = [w.numpy() for w in model.trainable_weights]
     with strategy.scope():
-        optimizer = make_sweep_optimizer(config.optim, min_lr, max_lr, num_steps)
+        optimizer = make_sweep_optimizer(config.optim, min_lr, max_lr, num_steps, loss_scaling)
     train_step = steps_lib.make_train_step(model, optimizer, strategy, config.train.grad_accum_steps,
                                            config.optim.max_grad_norm, document_eos_id=document_eos_id)
     batches = data_lib.distributed_train_data(strategy, blocks, config.train.batch_size, plan.steps_per_epoch,
@@ -195,7 +198,7 @@ def auto_learning_rate(model, strategy, blocks, plan, config, log=print, documen
                   + ("" if chosen == suggestion else f", kept within x{AUTO_BOUND:g} of the derived {derived:.2g}"))
     picked["suggested_learning_rate"] = suggestion
     log(f"Learning rate auto: {chosen:.3g} ({reason}); cost {len(lrs)} steps, {seconds:.1f} s.")
-    return {"learning_rate": chosen, "derived_learning_rate": derived, "reason": reason,
+    return {"learning_rate": chosen, "derived_learning_rate": derived, "reason": reason, "loss_scaling": loss_scaling,
             "sweep_steps": len(lrs), "budget_steps": num_steps, "share_of_run": len(lrs) / plan.total_steps,
             "seconds": seconds, "stopped_because": stopped_because, "why_stopped": why,
             "lrs": lrs, "losses": finite_or_none(losses), "smoothed": finite_or_none(smoothed), **picked}
