@@ -291,3 +291,37 @@ def test_a_run_from_before_the_new_config_keys_still_resumes(tmp_path, corpus_fi
                                                                             "data.test_fraction": 0.0})
     with pytest.raises(Exception, match="data.completion_field: '' -> 'a'"):
         run_dir.check_config(settings.resolve(changed))
+
+
+def test_a_stop_request_during_task_metrics_abandons_them_and_the_review(tmp_path, task_files, tiny_model_dir,
+                                                                        monkeypatch):
+    """Issue 26: task metrics and the step-0 review generation ran after the last stop
+    agreement, so a SIGTERM waited for every greedy completion (64 by default, and the review's
+    24) against the README's "an evaluation under way is abandoned"."""
+    import os
+    import signal
+
+    from trainer.evaluation import tasks
+    from trainer.run import loop
+
+    real_complete, real_review = tasks.TaskEvaluation.complete, loop.Loop.review_outputs
+    task_results, review_calls = [], []
+
+    def complete_with_a_notice(self, model, tokenizer, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # the preemption notice arrives as the completions start
+        task_results.append(real_complete(self, model, tokenizer, **kwargs))
+        return task_results[-1]
+
+    monkeypatch.setattr(tasks.TaskEvaluation, "complete", complete_with_a_notice)
+    monkeypatch.setattr(loop.Loop, "review_outputs", lambda self, **k: review_calls.append(1) or real_review(self, **k))
+    train_file, validation_file = task_files
+    config = small_config(tmp_path / "out", train_file, tiny_model_dir,
+                          **{**TASK, "data.validation_files": validation_file, "eval.task_examples": 40})
+    with pytest.raises(train.Interrupted) as info:
+        train.train_and_evaluate(config, log=quiet)
+    assert info.value.exit_code == 128 + signal.SIGTERM
+    assert task_results == [None]  # no chunk of completions decoded after the notice
+    assert review_calls == []
+    monkeypatch.setattr(tasks.TaskEvaluation, "complete", real_complete)  # the relaunch runs the step-0 evaluation whole
+    report = train.train_and_evaluate(config, log=quiet)
+    assert report["task_metrics"]["initial"] and os.path.exists(os.path.join(config.output_dir, "review.html"))

@@ -45,9 +45,10 @@ class TaskEvaluation:
     def references(self) -> list[str]:
         return [c for _, c in self.examples]
 
-    def complete(self, model, tokenizer) -> list[str]:
+    def complete(self, model, tokenizer, should_stop=None) -> list[str] | None:
+        """Greedy completions of the examples' prompts; None once should_stop says yes."""
         return sampler.complete(model, tokenizer, [p for p, _ in self.examples], self.max_new_tokens,
-                        self.max_prompt_tokens)
+                                self.max_prompt_tokens, should_stop)
 
     def summary(self, validation_points: list[dict], best_step: int, select_by: str) -> dict:
         """report.json's task_metrics: the base model's scores (step 0), the exported model's

@@ -124,11 +124,15 @@ def sample_generations(model, tokenizer, prompts, max_new_tokens: int, seed: int
 COMPLETION_CHUNK = 32
 
 
-def complete(model, tokenizer, prompts: list[str], max_new_tokens: int, max_prompt_tokens: int) -> list[str]:
+def complete(model, tokenizer, prompts: list[str], max_new_tokens: int, max_prompt_tokens: int,
+             should_stop=None) -> list[str] | None:
     """Greedy completions of prompts, tokenized exactly as in training (no special
     tokens; an empty prompt is EOS) and cut from the left to max_prompt_tokens; each
     ends at its first EOS. Batched, left-padded, and stopped as soon as every row
-    of a chunk has written EOS, so short answers cost few steps."""
+    of a chunk has written EOS, so short answers cost few steps.
+
+    should_stop (a stop request): asked before each chunk; None is returned once it
+    says yes, so a preemption waits for one chunk at most, not for every prompt."""
     import tensorflow as tf
 
     eos = tokenizer.eos_token_id
@@ -136,6 +140,8 @@ def complete(model, tokenizer, prompts: list[str], max_new_tokens: int, max_prom
     encoded = [(ids or [eos])[-max_prompt_tokens:] for ids in encoded]
     completions = []
     for start in range(0, len(encoded), COMPLETION_CHUNK):
+        if should_stop is not None and should_stop():
+            return None
         chunk = encoded[start: start + COMPLETION_CHUNK]
         width = max(map(len, chunk))
         ids = np.array([[tokenizer.pad_token_id] * (width - len(c)) + c for c in chunk], np.int32)

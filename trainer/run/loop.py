@@ -227,12 +227,15 @@ class Loop:
 
     # ------------------------------------------------------------------ evaluation
 
-    def review_outputs(self) -> list[str]:
-        """What a person rates: greedy completions of task prompts, seeded samples of free text."""
+    def review_outputs(self, should_stop=None) -> list[str] | None:
+        """What a person rates: greedy completions of task prompts, seeded samples of free text.
+        None when should_stop said yes before a batch of completions."""
         model, tokenizer = self.built.model, self.prep.tokenizer
         if self.pairs:
             return model_lib.complete(model, tokenizer, self.review_prompts, self.task.max_new_tokens,
-                                      self.task.max_prompt_tokens)
+                                      self.task.max_prompt_tokens, should_stop)
+        if should_stop is not None and should_stop():
+            return None
         return [s["completion"] for s in model_lib.sample_generations(
             model, tokenizer, self.review_prompts, self.config.eval.max_new_tokens, self.config.seed)]
 
@@ -259,16 +262,25 @@ class Loop:
                                                    config.seed) if chief else []
         if distribution.agree(strategy, bool(stop.signal)):
             raise _Abandoned()
-        scores = {}
+        # Task metrics and the base model's review outputs (the chief's, up to 64 greedy
+        # completions each) stop between batches when a stop request arrives, and the request
+        # is agreed once more after them: a preemption notice (~30 s) must not wait for them.
+        predictions = review = None
         if task.examples and chief:
             with timings.part("task_metrics"):
-                predictions = task.complete(model, tokenizer)
+                predictions = task.complete(model, tokenizer, should_stop=lambda: stop.signal)
+        if at_step == 0 and config.eval.review_examples and chief and not stop.signal:
+            with timings.part("review"):
+                review = self.review_outputs(should_stop=lambda: stop.signal)
+        if distribution.agree(strategy, bool(stop.signal)):
+            raise _Abandoned()
+        scores = {}
+        if predictions is not None:
             scores = metrics.score(predictions, task.references)
             run_log.text("validation", "task_completions", at_step,
                          reporting.completions_markdown(task.examples, predictions))
-        if at_step == 0 and config.eval.review_examples and chief:
-            with timings.part("review"):
-                state["review_base"] = self.review_outputs()  # the base model's side of the review sheet
+        if review is not None:
+            state["review_base"] = review  # the base model's side of the review sheet
         health = diagnosis.generation_health(samples, self.training_ngrams) if chief else {}
         run_log.scalars("validation", at_step, {"loss": result["loss"], "perplexity": result["perplexity"],
                                                 "accuracy": result["accuracy"],
