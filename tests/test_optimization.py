@@ -184,6 +184,28 @@ def test_plan_derives_what_is_unset_and_keeps_what_is_set():
     assert p.early_stopping_patience == 3  # free text: the loss selects
 
 
+def test_a_range_test_picks_the_derived_rate_of_a_pretrained_model_under_wsd_only():
+    """Issue 25: under wsd, the range test's pick reached the grid's quality at about half the
+    rule's tokens (bench/recipe.md); from scratch and under a task metric's linear schedule it
+    was not measured, so the rule stays there, as does any rate given."""
+    from trainer.training import checkpoints
+
+    config = default.get_config()
+    config.data.block_size, config.train.batch_size = 128, 16
+    cases = [("wsd", False, None, True), ("wsd", True, None, False), ("linear", False, None, False),
+             ("wsd", False, 3e-4, False), ("linear", True, "auto", True)]
+    for schedule, from_scratch, rate, tested in cases:
+        config.optim.schedule, config.model.bootstrap_tiny, config.optim.learning_rate = schedule, from_scratch, rate
+        p = optimization.plan_training(config, train_rows=1600, n_embd=768)
+        assert p.range_test is tested, (schedule, from_scratch, rate)
+        assert ("range test" in p.derived.get("optim.learning_rate", "")) is tested
+    # A run stored before the field resumes at the rate it began with: no range test.
+    stored = {k: v for k, v in vars(p).items() if k not in ("derived", "range_test")}
+    out = checkpoints.OutputDir.__new__(checkpoints.OutputDir)
+    out.path, out.stored = "/tmp/unused", {"plan": stored, "requested": {"train": {"max_steps": 0}}}
+    assert out.stored_plan(p, config).range_test is False
+
+
 def test_auto_schedule_is_wsd_when_the_loss_selects_and_linear_when_a_task_metric_does():
     from trainer import settings
 

@@ -34,6 +34,9 @@ def test_the_main_job_fine_tunes_the_shipped_model_to_a_healthy_fit(main_job):
     assert all(s["base"] and s["tuned"] for s in comparison["samples"])
     assert "Base model -> fine-tuned" in result.stdout + result.stderr
     assert "Diagnosis [healthy]" in result.stdout + result.stderr
+    # The derived rate of a pretrained model under wsd: a range test's pick, within x3 of the rule.
+    auto = report["learning_rate_auto"]
+    assert auto and auto["derived_learning_rate"] / 3 <= report["learning_rate"] <= auto["derived_learning_rate"] * 3
 
 
 def test_the_main_job_is_mostly_training(main_job):

@@ -179,7 +179,9 @@ def _plan(config, documents, tokenizer, model_config, train_blocks, val_blocks, 
         f"{', capped by train.max_steps' if plan.total_steps < plan.epochs * plan.steps_per_epoch else ''}; "
         f"each epoch drops {train_source.rows - plan.steps_per_epoch * config.train.batch_size:,} of the "
         f"{train_source.rows:,} rows, fewer than one batch, different ones each time)"
-        f" of {plan.tokens_per_step:,} tokens; peak lr {plan.learning_rate:.3g}, warm-up "
+        f" of {plan.tokens_per_step:,} tokens; peak lr "
+        f"{f'from a range test (the rule: {plan.learning_rate:.3g})' if plan.range_test else f'{plan.learning_rate:.3g}'}"
+        f", warm-up "
         f"{plan.warmup_steps} steps, {plan.schedule} schedule, evaluation every {plan.eval_every_steps} steps"
         + (" (a cap: the decay that validation starts ends the run)." if plan.schedule == "wsd" else "."))
     resolved = config.to_dict()

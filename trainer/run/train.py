@@ -188,12 +188,13 @@ def build(launch: Launch, devices: Devices, prep: Prepared, outputs: Outputs, mo
 
 def _learning_rate(launch: Launch, devices: Devices, prep: Prepared, outputs: Outputs, model, document_eos_id,
                    log):
-    """(plan, resolved config, range test or None). optim.learning_rate=auto: a short range
+    """(plan, resolved config, range test or None). When the plan says so
+    (optim.learning_rate=auto, or derived on a pretrained model under wsd), a short range
     test picks the peak rate, once per run (its pick is in config.json from then on; a
     launch killed during the test runs it again)."""
     config, plan, resolved = launch.config, prep.plan, prep.resolved
     lr_auto = (launch.run_dir.stored or {}).get("lr_auto")
-    if config.optim.learning_rate != "auto":
+    if not (plan.range_test or config.optim.learning_rate == "auto"):  # "auto" in a plan stored before range_test
         return plan, resolved, lr_auto
     if lr_auto is None:
         with launch.timings.part("lr_auto"):
