@@ -21,9 +21,10 @@ loss (what a careful engineer would pick); its test perplexity is the reference.
 of 6 rates x 3 epoch counts on the long regime is ~60M training tokens (~3.5 hours per
 regime on 2 cores), so the grid run here is the part that fits: see bench/recipe.md.
 
-Settings besides the grid: the defaults before and after this issue's schedule change
-(`linear` with the derived epochs, and `wsd`), and wsd with optim.weight_averaging=ema,
-each with everything else derived.
+Settings besides the grid, each with everything else derived: the default before issue 25
+(`linear`, derived epochs, the rule's rate), `wsd` at the rule's rate, that with
+optim.weight_averaging=ema, and the default now (`wsd` with a range test's rate). A third
+regime, sample (the main job, configs/local.py), runs these settings without a grid.
 A finished run (its report.json) is reused by a later launch. Writes bench/recipe.json and
 bench/recipe.md.
 """
@@ -49,14 +50,21 @@ ON_BASE = {"model.name_or_path": BASE, "data.block_size": 256, "eval.review_exam
 RATES = (5e-5, 1e-4, 2e-4, 3e-4, 6e-4, 1e-3)
 EPOCHS = (3, 10, 20)
 GRID_RUN = {
-    "short": [(1e-4, 20), (2e-4, 20), (6e-4, 20), (1e-3, 10)],
-    "long": [(3e-4, 10), (2e-4, 20)],
+    "short": [(1e-4, 20), (2e-4, 20), (3e-4, 20), (6e-4, 10), (6e-4, 20), (1e-3, 10)],
+    "long": [(3e-4, 10), (6e-4, 10), (2e-4, 20), (3e-4, 20)],
 }
+# name -> (run folder, overrides). The folders keep the names of the launches that ran them.
+# "the rule's rate" is passed as the number the rule gives (optim.learning_rate=None is the
+# range test under wsd since issue 25): RULE is replaced per regime.
+RULE = "the rule"
 DEFAULTS = {
-    "default before (linear, derived epochs)": {"optim.schedule": "linear"},
-    "default (wsd)": {"optim.schedule": "wsd"},
-    "wsd + weight average (ema)": {"optim.schedule": "wsd", "optim.weight_averaging": "ema"},
-    "wsd + learning_rate=auto": {"optim.schedule": "wsd", "optim.learning_rate": "auto"},
+    "before issue 25 (linear, derived epochs, the rule's rate)": (
+        "default-before-linear-derived-epochs", {"optim.schedule": "linear"}),
+    "wsd at the rule's rate": ("default-wsd", {"optim.schedule": "wsd", "optim.learning_rate": RULE}),
+    "wsd at the rule's rate + weight average (ema)": (
+        "wsd-+-weight-average-ema", {"optim.schedule": "wsd", "optim.learning_rate": RULE,
+                                     "optim.weight_averaging": "ema"}),
+    "default (wsd, a range test's rate)": ("wsd-+-learning_rate=auto", {}),
 }
 # The main job (configs/local.py on data/sample): no grid, only the defaults, so that a
 # default kept for the README regimes is also checked where a newcomer meets it.
@@ -75,22 +83,27 @@ def corpora(workdir: str) -> dict:
     return {"short": short, "long": long}
 
 
-def planned_steps_per_epoch(overrides: dict) -> int:
-    """The corpus's steps per epoch as the trainer plans them (the half-epoch evaluation
-    interval needs it before the first grid run), from its own data preparation."""
-    from configs import default
+def planned(overrides: dict, config_file: str = "configs/default.py"):
+    """The trainer's own plan for these settings, from its own data preparation: the steps
+    per epoch (the grid's half-epoch evaluation interval needs them before its first run)
+    and the rule's learning rate (the plan's rate before any range test)."""
+    import importlib
+
     from trainer import settings
     from trainer.run import inputs
 
-    config = default.get_config()
+    config = importlib.import_module(config_file.removesuffix(".py").replace("/", ".")).get_config()
     settings.override(config, {**overrides, "output_dir": "/tmp/unused"})
-    return inputs.prepare(settings.resolve(config), log=lambda message: None).plan.steps_per_epoch
+    return inputs.prepare(settings.resolve(config), log=lambda message: None).plan
 
 
-def run(workdir: str, regime: str, name: str, overrides: dict, start: bool = True,
+def grid_folder(lr: float, epochs: int) -> str:
+    return f"grid-lr-{lr:g}-{epochs}-epochs"
+
+
+def run(workdir: str, regime: str, name: str, folder: str, overrides: dict, start: bool = True,
         config: str = "configs/default.py") -> dict | None:
-    output = os.path.join(workdir, "runs", regime, name.split(" (")[0].replace(" ", "-") + (
-        "" if "(" not in name else "-" + name.split("(")[1].rstrip(")").replace(", ", "-").replace(" ", "-")))
+    output = os.path.join(workdir, "runs", regime, folder)
     report_path = os.path.join(output, "report.json")
     if not os.path.exists(report_path):
         if not start:
@@ -141,7 +154,8 @@ def summarise(results: list[dict]) -> None:
 def markdown(results: list[dict]) -> str:
     lines = ["# The default recipe against the grid", "",
              "`bench/bench_recipe.py`. Test = the 5% of documents nothing was selected on (each scored alone); "
-             "the grid's best is the grid point with the lowest validation loss. Ratios are to the grid's best.", "",
+             "the grid's best is the grid point with the lowest validation loss. Ratios are to the grid's best; "
+             "a range test's steps count as training tokens in the tokens ratio.", "",
              "| regime | setting | lr | planned epochs | steps | best at epoch | training tokens | validation ppl | "
              "test ppl (95% interval) | test ÷ grid's best | tokens ÷ grid's best | diagnosis |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -177,18 +191,21 @@ def main():
         if wanted and regime not in wanted:
             continue
         common = {**ON_BASE, "data.train_files": corpus}
+        plan = planned(common)
         if not args.skip_defaults:
-            for name, extra in DEFAULTS.items():
-                results.append(run(args.workdir, regime, name, {**common, **extra}, start(name)))
+            for name, (folder, extra) in DEFAULTS.items():
+                extra = {k: plan.learning_rate if v == RULE else v for k, v in extra.items()}
+                results.append(run(args.workdir, regime, name, folder, {**common, **extra}, start(name)))
         if not args.skip_grid:
-            per_epoch = planned_steps_per_epoch(common)
             for lr, epochs in GRID_RUN[regime]:
                 name = f"grid (lr {lr:g}, {epochs} epochs)"
-                results.append(run(args.workdir, regime, name, {**common, **grid_overrides(lr, epochs, per_epoch)},
-                                   start(name)))
+                results.append(run(args.workdir, regime, name, grid_folder(lr, epochs),
+                                   {**common, **grid_overrides(lr, epochs, plan.steps_per_epoch)}, start(name)))
     if not wanted or "sample" in wanted:
-        for name, extra in DEFAULTS.items():
-            results.append(run(args.workdir, "sample", name, {**SAMPLE["overrides"], **extra}, start(name),
+        plan = planned(SAMPLE["overrides"], SAMPLE["config"])
+        for name, (folder, extra) in DEFAULTS.items():
+            extra = {k: plan.learning_rate if v == RULE else v for k, v in extra.items()}
+            results.append(run(args.workdir, "sample", name, folder, {**SAMPLE["overrides"], **extra}, start(name),
                                SAMPLE["config"]))
     results = [r for r in results if r is not None]
     summarise(results)
