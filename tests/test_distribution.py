@@ -138,11 +138,22 @@ def test_a_batch_that_does_not_split_over_the_replicas_is_refused_before_any_wri
     """Issue 26: config.json used to be written before the batch checks, so a relaunch with
     the fix was refused as "other settings (train.batch_size: 15 -> 16)", and eval.batch_size=3
     on 2 replicas ended in a raw ValueError traceback."""
+    from trainer.errors import UserError
+    from trainer.training import distribution
+
     config = small_config(tmp_path / "out", corpus_file, tiny_model_dir)
-    for flag, message in (({"train.batch_size": 7}, "--config.train.batch_size=7"),
-                          ({"eval.batch_size": 3}, "--config.eval.batch_size=3")):
-        done = run_cli("trainer.task", *cli_args(config, **{"runtime.cpu_devices": 2, "preflight": "off", **flag}))
-        assert done.returncode == 2, done.stderr[-3000:]
-        assert message in done.stderr and "2 replicas" in done.stderr and "Traceback" not in done.stderr
-        # Nothing written, so the relaunch with the fix starts a new run (an empty folder is one).
-        assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+    done = run_cli("trainer.task", *cli_args(config, **{"runtime.cpu_devices": 2, "preflight": "off",
+                                                        "train.batch_size": 7}))
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "--config.train.batch_size=7" in done.stderr and "2 replicas" in done.stderr
+    assert "--config.train.batch_size=6" in done.stderr and "Traceback" not in done.stderr  # a value that fits
+    # Nothing written, so the relaunch with the fix starts a new run (an empty folder is one).
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+    class TwoReplicas:
+        num_replicas_in_sync = 2
+
+    with pytest.raises(UserError, match=r"--config.eval.batch_size=3 must divide evenly over 2 replicas.*"
+                                        r"--config.eval.batch_size=2"):
+        distribution.check_batch(TwoReplicas(), 8, 1, eval_batch=3)
+    distribution.check_batch(TwoReplicas(), 8, 1, eval_batch=None)  # unset: train.batch_size's 8

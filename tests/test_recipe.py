@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import BASE_MODEL_DIR, SAMPLE_CORPUS, cli_args, quiet, run_cli, small_config
+from tests.conftest import BASE_MODEL_DIR, SAMPLE_CORPUS, quiet, run_cli, small_config
 from trainer import diagnosis
 from trainer import model as model_lib
 from trainer.run import train
@@ -125,13 +125,16 @@ def test_weight_averaging_refuses_a_task_metric_selection(tmp_path, corpus_file,
 
 def test_auto_scales_the_loss_of_its_range_test_under_mixed_float16(tmp_path, corpus_file, tiny_model_dir):
     """Issue 26: the sweep optimizer had no loss scaling, so on mixed_float16 (what
-    precision=auto picks on T4 and V100) the range test ran unscaled float16 gradients.
-    In a fresh process: the float16 policy is global."""
-    config = small_config(tmp_path / "out", corpus_file, tiny_model_dir)
-    done = run_cli("trainer.task", *cli_args(config, **{
+    precision=auto picks on T4 and V100) the range test ran unscaled float16 gradients."""
+    import tensorflow as tf
+
+    config = small_config(tmp_path / "out", corpus_file, tiny_model_dir, **{
         "runtime.precision": "mixed_float16", "optim.learning_rate": "auto", "train.max_steps": 4,
-        "preflight": "off", "eval.num_prompts": 0}))
-    assert done.returncode == 0, done.stderr[-3000:]
-    auto = json.load(open(tmp_path / "out" / "report.json"))["learning_rate_auto"]
+        "preflight": "off", "eval.num_prompts": 0})
+    try:
+        report = train.train_and_evaluate(config, log=quiet)
+    finally:
+        tf.keras.mixed_precision.set_global_policy("float32")  # the policy is global: the next tests' is float32
+    auto = report["learning_rate_auto"]
     assert auto["loss_scaling"] is True
     assert auto["lr_at_min_loss"] is not None  # the scaled sweep's loss fell somewhere
