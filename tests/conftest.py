@@ -90,6 +90,9 @@ def small_config(output_dir, train_files, model_dir, **overrides):
     # No test split unless a test asks for one (tests/test_heldout.py, the task and prepare
     # tests, the main job): the suite's exact row and step counts predate it.
     config.data.test_fraction = 0.0
+    # No serving SavedModel unless a test asks for one (tests/test_serving.py, the main job):
+    # tracing and saving the sampler costs ~10 s a run.
+    config.export_serving = False
     # The linear schedule over the given epochs unless a test asks for wsd (test_faults,
     # test_optimization): the suite's step counts and early stops predate optim.schedule=auto.
     config.optim.schedule = "linear"
@@ -137,6 +140,7 @@ def cli_args(config, **overrides):
               "eval.max_new_tokens": config.eval.max_new_tokens, "eval.num_prompts": config.eval.num_prompts,
               "runtime.precision": config.runtime.precision, "data.cache_dir": config.data.cache_dir,
               "data.test_fraction": config.data.test_fraction, "optim.schedule": config.optim.schedule,
+              "export_serving": config.export_serving,
               **overrides}
     return ["--config=configs/default.py"] + [f"--config.{k}={v}" for k, v in values.items()]
 

@@ -4,6 +4,7 @@ pretrained GPT-2 shipped in data/pretrained/) fine-tuned on the embedded sample,
 rate far from the rule must be named as such; learning_rate=auto must land near the rule."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -34,6 +35,8 @@ def test_the_main_job_fine_tunes_the_shipped_model_to_a_healthy_fit(main_job):
     assert all(s["base"] and s["tuned"] for s in comparison["samples"])
     assert "Base model -> fine-tuned" in result.stdout + result.stderr
     assert "Diagnosis [healthy]" in result.stdout + result.stderr
+    # The serving SavedModel is written with the other exports (tests/test_serving.py checks it).
+    assert report["serving_dir"] and os.path.exists(os.path.join(report["serving_dir"], "COMPLETE.json"))
     # The derived rate of a pretrained model under wsd: a range test's pick, within x3 of the rule.
     auto = report["learning_rate_auto"]
     assert auto and auto["derived_learning_rate"] / 3 <= report["learning_rate"] <= auto["derived_learning_rate"] * 3

@@ -110,6 +110,30 @@ def test_the_exported_model_does_the_task_as_scored(task_run):
     assert scores["token_f1"] == pytest.approx(report["task_metrics"]["exported"]["token_f1"], abs=1e-6)
 
 
+def test_the_serving_export_stops_each_row_at_its_eos_as_the_completions_do(task_run, tmp_path):
+    """The trained model ends " yes" and " no" with EOS: the SavedModel's greedy rows stop
+    there (lengths count the EOS, the rest is padding) and say what complete() says."""
+    import tensorflow as tf
+
+    config, report, _ = task_run
+    export = os.path.join(config.output_dir, "export")
+    model_lib.export_serving(export, str(tmp_path / "serving"), log=quiet)
+    generate = tf.saved_model.load(str(tmp_path / "serving")).signatures["generate"]
+    tokenizer = model_lib.load_tokenizer(export)
+    prompts = [json.loads(line)["prompt"] for line in open(config.data.validation_files)][:6]
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    width, rows = max(map(len, ids)), len(prompts)
+    out = generate(input_ids=tf.constant([i + [0] * (width - len(i)) for i in ids]),
+                   lengths=tf.constant([len(i) for i in ids]), max_new_tokens=tf.fill([rows], 8),
+                   temperature=tf.zeros([rows]), top_k=tf.zeros([rows], tf.int32), top_p=tf.ones([rows]),
+                   seed=tf.zeros([rows], tf.int32))
+    expected = sampler.complete(model_lib.load_model(export, log=quiet)[0], tokenizer, prompts, 8, 24)
+    eos = tokenizer.eos_token_id
+    for row, length, completion in zip(out["token_ids"].numpy(), out["lengths"].numpy(), expected):
+        assert length < 8 and row[length - 1] == eos, (row, length)  # ended by EOS, not by the budget
+        assert tokenizer.decode(row[:length - 1]) == completion
+
+
 def test_the_review_sheet_pairs_base_and_fine_tuned_outputs_blinded(task_run):
     config, report, _ = task_run
     sheet = list(csv.DictReader(open(report["review"]["sheet"], encoding="utf-8-sig")))

@@ -80,6 +80,7 @@ RULES = {
     "output_dir": (_text(), "a folder path, e.g. runs/my-run"),
     "seed": (_int(0), "a whole number >= 0"),
     "preflight": (_choice("strict", "warn", "off"), "strict, warn or off"),
+    "export_serving": (lambda v: isinstance(v, bool), "true or false"),
     "data.train_files": (_text(), "one or more files or globs, e.g. data/train.jsonl"),
     "data.validation_files": (_text(allow_empty=True), "files or globs, or empty"),
     "data.validation_fraction": (_number(0, 1, low_open=True, high_open=True), "between 0 and 1, e.g. 0.1"),

@@ -26,6 +26,8 @@ def finish(launch: Launch, devices: Devices, prep: Prepared, outputs: Outputs, b
     with timings.part("export"):
         model_lib.export_tf(model, tokenizer, outputs.layout.export)
         model_lib.export_pytorch(model, tokenizer, outputs.layout.export_pytorch)
+        if config.export_serving:  # from the export just written: float32, as trainer.generate loads it
+            model_lib.export_serving(outputs.layout.export, outputs.layout.serving, log)
     review_paths = _review_sheet(config, loop) if config.eval.review_examples and loop.review_prompts else {}
     report = _report(launch, devices, prep, outputs, built, loop, step, best_step)
     report["test"] = _test(config, prep, built, timings)
@@ -119,6 +121,7 @@ def _report(launch: Launch, devices: Devices, prep: Prepared, outputs: Outputs, 
                          "workers": launch.cluster.workers, "precision": devices.precision},
         "export_dir": outputs.layout.export,
         "export_pytorch_dir": outputs.layout.export_pytorch,
+        "serving_dir": outputs.layout.serving if config.export_serving else None,
         "logs_dir": outputs.layout.logs,
         "report_path": launch.run_dir.report_path,
         "history": {"train": loop.run_log.points("train"), "validation": validation_points},

@@ -33,7 +33,7 @@ RUN_FORMAT = 2
 # alter what the finished model is (logging, evaluation output, devices,
 # checkpoint cadence). train.max_steps may change only where it leaves the
 # stored plan's total steps as they were (checked against the plan).
-RESUMABLE_CHANGES = ("runtime.", "eval.", "preflight", "train.log_every_steps", "train.max_steps",
+RESUMABLE_CHANGES = ("runtime.", "eval.", "preflight", "export_serving", "train.log_every_steps", "train.max_steps",
                      "train.early_stopping", "train.keep_checkpoints", "train.checkpoint_every_steps")
 # Plan fields a relaunch may change: they decide when to save or stop, not the schedule.
 RESUMABLE_PLAN_FIELDS = ("checkpoint_every_steps", "early_stopping_patience")
@@ -46,7 +46,8 @@ RUN_FILES = {"config.json", "report.json", "report.md", "curves.png", "metrics.j
              "doctor.md", "logs", "checkpoints", "export", "export_pytorch", "lr_find",
              "review.html", "review.csv", "review_key.csv", "review_result.json",
              "model",  # Vertex AI's AIP_MODEL_DIR
-             "train.log"}  # deploy/gpu_vm copies the service's log here whenever it stops, even before config.json
+             "train.log",
+             "serving"}  # deploy/gpu_vm copies the service's log here whenever it stops, even before config.json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,15 +59,17 @@ class Layout:
     logs: str
     export: str
     export_pytorch: str
+    serving: str  # always under output_dir: a Vertex model upload points at it
 
     @classmethod
     def of(cls, output_dir: str, environ=None) -> "Layout":
         join = filesystem.join
         aip = vertex.output_locations(environ)
         if aip and aip["base"] == output_dir.rstrip("/"):
-            return cls(aip["checkpoints"], aip["logs"], aip["model"], join(output_dir, "export_pytorch"))
+            return cls(aip["checkpoints"], aip["logs"], aip["model"], join(output_dir, "export_pytorch"),
+                       join(output_dir, "serving"))
         return cls(join(output_dir, "checkpoints"), join(output_dir, "logs"), join(output_dir, "export"),
-                   join(output_dir, "export_pytorch"))
+                   join(output_dir, "export_pytorch"), join(output_dir, "serving"))
 
 
 class OutputDir:

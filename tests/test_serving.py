@@ -1,0 +1,135 @@
+"""OUTPUT/serving/: a SavedModel with a `generate` signature that TensorFlow alone loads,
+whose greedy output is trainer.generate's token for token (issue 26)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from tests.conftest import BASE_MODEL_DIR, ROOT, quiet
+from trainer import filesystem
+from trainer import model as model_lib
+
+PROMPTS = ["The river", "Return the absolute value of a number.", "", "x", "dog: a domesticated mammal."]
+
+
+@pytest.fixture(scope="module")
+def serving_dir(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("serving") / "serving")
+    info = model_lib.export_serving(BASE_MODEL_DIR, folder, log=quiet)
+    assert info["padding"] == "right" and info["n_positions"] == 256
+    return folder
+
+
+# A fresh process that cannot import transformers, tunewell or torch: what a server has.
+ALONE = textwrap.dedent("""
+    import json, sys
+    class Refuse:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("transformers", "trainer", "torch"):
+                raise ImportError("not on a serving machine: " + name)
+    sys.meta_path.insert(0, Refuse())
+    import tensorflow as tf
+    request = json.loads(sys.argv[2])
+    generate = tf.saved_model.load(sys.argv[1]).signatures["generate"]
+    out = generate(**{k: tf.constant(v, tf.float32 if k in ("temperature", "top_p") else tf.int32)
+                      for k, v in request.items()})
+    print("RESULT" + json.dumps({k: v.numpy().tolist() for k, v in out.items()}))
+""")
+
+
+def request(tokenizer, prompts, max_new_tokens=20, temperature=0.0, top_k=0, top_p=1.0, seeds=None):
+    """The signature's inputs for prompts: right-padded ids and lengths, per-row controls."""
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    width = max(1, max(map(len, ids)))
+    rows = len(prompts)
+    return {"input_ids": [i + [7] * (width - len(i)) for i in ids], "lengths": [len(i) for i in ids],
+            "max_new_tokens": [max_new_tokens] * rows if np.isscalar(max_new_tokens) else max_new_tokens,
+            "temperature": [temperature] * rows, "top_k": [top_k] * rows, "top_p": [top_p] * rows,
+            "seed": seeds or [0] * rows}
+
+
+def generate_alone(folder, inputs):
+    done = subprocess.run([sys.executable, "-c", ALONE, folder, json.dumps(inputs)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.split("RESULT", 1)[1])
+
+
+def test_greedy_serving_equals_trainer_generate_in_a_process_with_tensorflow_alone(serving_dir):
+    tokenizer = model_lib.load_tokenizer(BASE_MODEL_DIR, log=quiet)
+    model, _ = model_lib.load_model(BASE_MODEL_DIR, log=quiet)
+    out = generate_alone(serving_dir, request(tokenizer, PROMPTS, max_new_tokens=24))
+    for prompt, ids, length, log_probs in zip(PROMPTS, out["token_ids"], out["lengths"], out["log_probs"]):
+        expected = model_lib.generate(model, tokenizer, prompt, 24)  # greedy, as trainer.generate runs it
+        assert tokenizer.decode(ids[:length], skip_special_tokens=True) == expected, prompt
+        assert length == 24 and all(p <= 0 for p in log_probs[:length])
+    # The log-probabilities are the model's own, of the tokens it wrote.
+    ids = tokenizer("The river", add_special_tokens=False)["input_ids"]
+    full = np.array([ids + out["token_ids"][0][:3]])
+    logits = model(input_ids=full).logits.numpy()[0]
+    log_softmax = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+        - logits.max(-1, keepdims=True)
+    for j in range(3):
+        assert out["log_probs"][0][j] == pytest.approx(log_softmax[len(ids) - 1 + j, full[0, len(ids) + j]], abs=1e-3)
+
+
+def test_rows_keep_their_own_budget_seed_and_sampling(serving_dir):
+    import tensorflow as tf
+
+    tokenizer = model_lib.load_tokenizer(BASE_MODEL_DIR, log=quiet)
+    generate = tf.saved_model.load(serving_dir).signatures["generate"]
+
+    def run(inputs):
+        out = generate(**{k: tf.constant(v, tf.float32 if k in ("temperature", "top_p") else tf.int32)
+                          for k, v in inputs.items()})
+        return {k: v.numpy() for k, v in out.items()}
+
+    sampled = request(tokenizer, PROMPTS[:3], max_new_tokens=[5, 12, 0], temperature=0.8, top_p=0.9, seeds=[1, 2, 3])
+    out = run(sampled)
+    assert out["lengths"].tolist() == [5, 12, 0] and out["token_ids"].shape == (3, 12)
+    assert (out["token_ids"][0, 5:] == tokenizer.pad_token_id).all() and (out["log_probs"][0, 5:] == 0).all()
+    # A row's draws depend on its seed, prompt and settings only, not on the rows beside it.
+    alone = run(request(tokenizer, PROMPTS[1:2], max_new_tokens=12, temperature=0.8, top_p=0.9, seeds=[2]))
+    np.testing.assert_array_equal(alone["token_ids"][0], out["token_ids"][1])
+    other_seed = run(request(tokenizer, PROMPTS[1:2], max_new_tokens=12, temperature=0.8, top_p=0.9, seeds=[9]))
+    assert other_seed["token_ids"][0].tolist() != alone["token_ids"][0].tolist()
+    # top_k=1 is greedy, whatever the temperature.
+    top1 = run(request(tokenizer, PROMPTS[:2], max_new_tokens=8, temperature=1.5, top_k=1, seeds=[4, 5]))
+    greedy = run(request(tokenizer, PROMPTS[:2], max_new_tokens=8))
+    np.testing.assert_array_equal(top1["token_ids"], greedy["token_ids"])
+    # Never past the model's 256 positions: a 250-token prompt gets 6 new tokens of 20 asked.
+    long = run({**request(tokenizer, ["word " * 250], max_new_tokens=20)})
+    assert long["lengths"].tolist() == [256 - len(tokenizer("word " * 250, add_special_tokens=False)["input_ids"])]
+
+
+def test_saved_model_cli_lists_the_signature_and_runs_it(serving_dir):
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    shown = subprocess.run([cli, "show", "--dir", serving_dir, "--tag_set", "serve", "--signature_def", "generate"],
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    for name in ("input_ids", "lengths", "max_new_tokens", "temperature", "top_k", "top_p", "seed",
+                 "token_ids", "log_probs"):
+        assert f"['{name}']" in shown.stdout, name
+    tokenizer = model_lib.load_tokenizer(BASE_MODEL_DIR, log=quiet)
+    ids = tokenizer("The river", add_special_tokens=False)["input_ids"]
+    # Python literals only (saved_model_cli evaluates --input_exprs with ast.literal_eval).
+    exprs = (f"input_ids=[{ids}];lengths=[{len(ids)}];max_new_tokens=[6];temperature=[0.0];top_k=[0];top_p=[1.0];"
+             "seed=[0]")
+    ran = subprocess.run([cli, "run", "--dir", serving_dir, "--tag_set", "serve", "--signature_def", "generate",
+                          "--input_exprs", exprs], capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    printed = ran.stdout.split("Result for output key token_ids:", 1)[1].split("Result for", 1)[0]
+    new = [int(t) for t in printed.replace("[", " ").replace("]", " ").split()]
+    model, _ = model_lib.load_model(BASE_MODEL_DIR, log=quiet)
+    assert tokenizer.decode(new, skip_special_tokens=True) == model_lib.generate(model, tokenizer, "The river", 6)
+
+
+def test_the_folder_is_complete_and_carries_its_tokenizer(serving_dir):
+    assert filesystem.is_complete(serving_dir)
+    info = json.load(open(os.path.join(serving_dir, "serving.json")))
+    assert info["signature"] == "generate" and os.path.exists(os.path.join(serving_dir, "tokenizer", "tokenizer.json"))
