@@ -14,7 +14,8 @@ def summary_lines(report: dict) -> list[str]:
         f"(perplexity {report['initial_val_perplexity']:.1f} -> {report['final_val_perplexity']:.1f}, "
         f"{report['improvement_pct']:.0f}% lower).",
         *([test_line(report["test"])] if report.get("test") else []),
-        f"Best model exported to {report['export_dir']} (PyTorch copy: {report['export_pytorch_dir']}).",
+        f"Best model exported to {report['export_dir']} (PyTorch copy: {report['export_pytorch_dir']}"
+        + (f"; serving SavedModel: {report['serving_dir']}" if report.get("serving_dir") else "") + ").",
         f"Report: {report['report_path']}; curves: make tensorboard (logs in {report['logs_dir']}).",
     ]
     return lines + comparison_lines(report.get("comparison"))
