@@ -133,3 +133,114 @@ def test_the_folder_is_complete_and_carries_its_tokenizer(serving_dir):
     assert filesystem.is_complete(serving_dir)
     info = json.load(open(os.path.join(serving_dir, "serving.json")))
     assert info["signature"] == "generate" and os.path.exists(os.path.join(serving_dir, "tokenizer", "tokenizer.json"))
+
+
+# ----------------------------------------------------------------------------- the server (deploy/serve.py)
+
+SERVER = textwrap.dedent("""
+    import sys
+    class Refuse:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("transformers", "trainer", "torch"):
+                raise ImportError("not in the serving image: " + name)
+    sys.meta_path.insert(0, Refuse())
+    from deploy import serve
+    serve.main(sys.argv[1:])
+""")
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(url, body, timeout=120):
+    """(status, parsed JSON) of a POST; body is bytes or JSON-able."""
+    import urllib.error
+    import urllib.request
+
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data, method="POST"), timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest.fixture(scope="module")
+def server(serving_dir):
+    """The Vertex contract: port, routes and model folder from AIP_* variables."""
+    import time
+    import urllib.request
+
+    port = free_port()
+    env = {**os.environ, "AIP_HTTP_PORT": str(port), "AIP_HEALTH_ROUTE": "/v1/health",
+           "AIP_PREDICT_ROUTE": "/v1/predict", "AIP_STORAGE_URI": serving_dir}
+    process = subprocess.Popen([sys.executable, "-c", SERVER, "--batch_window_ms=50"], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(base + "/v1/health", timeout=5) as r:
+                assert r.status == 200
+                break
+        except OSError:
+            if process.poll() is not None or time.time() > deadline:
+                process.kill()
+                pytest.fail("the server did not come up: " + process.stdout.read()[-3000:])
+            time.sleep(0.5)
+    yield base
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def test_the_server_answers_single_and_batched_predictions_as_trainer_generate(server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    tokenizer = model_lib.load_tokenizer(BASE_MODEL_DIR, log=quiet)
+    model, _ = model_lib.load_model(BASE_MODEL_DIR, log=quiet)
+    status, out = post(server + "/v1/predict", {"instances": [{"prompt": "The river", "max_new_tokens": 12}]})
+    assert status == 200, out
+    (prediction,) = out["predictions"]
+    assert prediction["completion"] == model_lib.generate(model, tokenizer, "The river", 12)
+    assert len(prediction["token_ids"]) == len(prediction["log_probs"]) == 12 and prediction["finish_reason"] == "length"
+    # One request of several instances, "parameters" as every instance's defaults.
+    status, out = post(server + "/v1/predict", {"instances": [{"prompt": p} for p in PROMPTS],
+                                                 "parameters": {"max_new_tokens": 8}})
+    assert status == 200 and [p["completion"] for p in out["predictions"]] == [
+        model_lib.generate(model, tokenizer, p, 8) for p in PROMPTS]
+    # Concurrent requests with different settings share batches and keep their own answers.
+    bodies = [{"instances": [{"prompt": p, "max_new_tokens": 6 + i, "temperature": 0.7 * (i % 2), "seed": i}]}
+              for i, p in enumerate(PROMPTS * 2)]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        together = list(pool.map(lambda b: post(server + "/v1/predict", b), bodies))
+    for body, (status, out) in zip(bodies, together):
+        assert status == 200
+        (alone,), (shared,) = post(server + "/v1/predict", body)[1]["predictions"], out["predictions"]
+        assert alone["token_ids"] == shared["token_ids"]  # alone: the same tokens (log-probabilities
+        assert alone["log_probs"] == pytest.approx(shared["log_probs"], abs=1e-4)  # up to float sums over padding)
+        assert len(out["predictions"][0]["token_ids"]) == body["instances"][0]["max_new_tokens"]
+
+
+@pytest.mark.parametrize("body, message", [
+    (b"{not json", "not JSON"),
+    ({"prompt": "no instances"}, '"instances": a non-empty list'),
+    ({"instances": []}, '"instances": a non-empty list'),
+    ({"instances": ["The river"]}, "instances[0] must be an object"),
+    ({"instances": [{"max_new_tokens": 5}]}, 'give "prompt" (text) or "token_ids"'),
+    ({"instances": [{"prompt": 7}]}, "instances[0].prompt: 7 is not a string"),
+    ({"instances": [{"prompt": "a", "max_new_tokens": "5"}]}, "max_new_tokens: \"5\" is not an integer"),
+    ({"instances": [{"prompt": "a", "temperature": True}]}, "temperature: true is not a number"),
+    ({"instances": [{"prompt": "a", "top_p": 0}]}, "0 < top_p <= 1"),
+    ({"instances": [{"prompt": "a", "colour": "red"}]}, "unknown field(s) colour"),
+    ({"instances": [{"token_ids": [1, 99999]}]}, "integers in [0, 8192)"),
+    ({"instances": [{"prompt": "word " * 250, "max_new_tokens": 64}]}, "exceed the model's 256 positions"),
+    ({"instances": [{"prompt": "a"}] * 33}, "at most 32 per request"),
+])
+def test_bad_requests_get_400_and_say_what_to_fix(server, body, message):
+    status, out = post(server + "/v1/predict", body)
+    assert status == 400 and message in out["error"], out
