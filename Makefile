@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 CONFIG ?= configs/local.py
 
 .PHONY: install train-local train-task test bench tensorboard clean docker-build docker-build-tpu docker-push \
-	docker-push-tpu docker-smoke docker-build-dataflow docker-push-dataflow
+	docker-push-tpu docker-smoke docker-build-dataflow docker-push-dataflow docker-build-serving \
+	docker-push-serving serve-smoke
 
 # Two stamps: the main job needs the package alone; the tests add pytest, the GCS
 # emulator, the Vertex library, import-linter and torch (the PyTorch export is checked
@@ -96,6 +97,20 @@ docker-push-tpu:
 # starts one itself (root with dockerd installed) and stops it afterwards.
 docker-smoke: $(STAMP)
 	$(PY) -m pytest -q -m container tests/test_container.py
+
+# The serving image (deploy/Dockerfile, target serving): deploy/serve.py over a run's serving/.
+SERVING_IMAGE ?= $(if $(PROJECT),$(REPOSITORY)/tunewell-serving:latest,tunewell-serving:local)
+docker-build-serving:
+	docker build -f deploy/Dockerfile --target serving -t $(SERVING_IMAGE) $(DOCKER_BUILD_ARGS) .
+
+docker-push-serving:
+	$(MAKE) docker-push IMAGE=$(SERVING_IMAGE)
+
+# Builds the serving image, runs it with --network=none on a SavedModel of tunewell-base,
+# sends real HTTP requests inside it (health, single and batched predictions, bad requests)
+# and prints the latency for batch 1 and 8 (tests/test_serve_container.py; needs Docker or root).
+serve-smoke: $(STAMP)
+	$(PY) -m pytest -q -s -m container tests/test_serve_container.py
 
 clean:
 	rm -rf runs .pytest_cache
