@@ -5,6 +5,7 @@
     python -m deploy.vertex hptune ...same flags... --max_trials=12 --parallel_trials=3 -- ...
     python -m deploy.vertex status|logs|cancel JOB [--region=us-central1]
     python -m deploy.vertex rehearse HOST_DIR --image=tunewell:local -- ...   (docker run, as Vertex would)
+    python -m deploy.vertex upload-model|deploy-endpoint|predict|undeploy ...   (deploy/endpoints.py)
 
 Every command takes --dry_run: it prints the job spec and the exact gcloud command
 instead of running it (the spec file it names is written, so the command runs as printed).
@@ -115,6 +116,29 @@ def define_flags(fv=flags.FLAGS) -> None:
                         "Tuning: epoch range MIN:MAX, or empty to keep the derived count.", **define)
     flags.DEFINE_string("algorithm", "", "Tuning: ALGORITHM_UNSPECIFIED (Bayesian, the default), GRID_SEARCH "
                         "or RANDOM_SEARCH.", **define)
+    # Serving (deploy/endpoints.py)
+    flags.DEFINE_string("artifact_uri", None, "upload-model: the run's gs://.../serving folder (default: "
+                        "--output_dir/serving).", **define)
+    flags.DEFINE_string("serving_image", None, "upload-model: the serving image (default: REGION-docker.pkg.dev/"
+                        "PROJECT/tunewell/tunewell-serving:latest, as make docker-push-serving names it).", **define)
+    flags.DEFINE_string("model", None, "deploy-endpoint: the uploaded model's id or resource name.", **define)
+    flags.DEFINE_string("endpoint", None, "deploy-endpoint: the endpoint's display name (created when missing; "
+                        "default tunewell) or id; predict, undeploy: its id or resource name.", **define)
+    flags.DEFINE_string("serving_machine_type", "n1-standard-4", "deploy-endpoint: machine per node.", **define)
+    flags.DEFINE_string("serving_accelerator_type", "NONE",
+                        "deploy-endpoint: GPU per node (e.g. NVIDIA_L4), or NONE for CPU.", **define)
+    flags.DEFINE_integer("serving_accelerator_count", 1, "deploy-endpoint: GPUs per node.", **define)
+    flags.DEFINE_integer("min_replicas", 1, "deploy-endpoint: nodes always up (each bills per hour).", **define)
+    flags.DEFINE_integer("max_replicas", 1, "deploy-endpoint: nodes at most under load.", **define)
+    flags.DEFINE_integer("traffic_percent", 100, "deploy-endpoint: share of the endpoint's traffic for this "
+                         "model (the rest stays with its other deployed models).", **define)
+    flags.DEFINE_multi_string("prompt", None, "predict: a prompt; repeat for several.", **define)
+    flags.DEFINE_integer("max_new_tokens", 64, "predict: new tokens per prompt, at most.", **define)
+    flags.DEFINE_float("temperature", 0.0, "predict: 0 = greedy; above 0, sampled.", **define)
+    flags.DEFINE_integer("seed", 0, "predict: the sampling seed.", **define)
+    flags.DEFINE_string("deployed_model_id", None, "undeploy: this deployed model only (default: all of them).",
+                        **define)
+    flags.DEFINE_boolean("delete_endpoint", False, "undeploy: delete the endpoint too.", **define)
 
 
 @dataclasses.dataclass
@@ -604,6 +628,10 @@ def main(argv):
                 raise UserError(f"unexpected {' '.join(stray)}: trainer overrides go after --, "
                                 "as --config.section.key=value.")
             submit("custom" if command == "submit" else "hptune", rest, opts, gcloud)
+        elif command in ("upload-model", "deploy-endpoint", "predict", "undeploy"):
+            from deploy import endpoints  # the serving commands build on this module's Gcloud and to_proto
+
+            endpoints.run(command, rest, opts, gcloud)
         elif command == "rehearse":
             if not rest or rest[0].startswith("--"):
                 raise UserError("usage: python -m deploy.vertex rehearse HOST_DIR [--image=I --config=C] "
@@ -626,8 +654,9 @@ def main(argv):
                 if not gcloud.dry_run:
                     print(f"Cancel requested for {ref['name']}; status shows CANCELLING, then CANCELLED.")
         else:
-            raise UserError("usage: python -m deploy.vertex submit|hptune|rehearse|status|logs|cancel [flags] "
-                            "[-- trainer overrides]; --helpfull lists the flags.")
+            raise UserError("usage: python -m deploy.vertex submit|hptune|rehearse|status|logs|cancel|upload-model|"
+                            "deploy-endpoint|predict|undeploy [flags] [-- trainer overrides]; --helpfull lists "
+                            "the flags.")
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
