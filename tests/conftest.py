@@ -71,6 +71,17 @@ def tiny_dropout_model_dir(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-dropout", dropout=0.1)
 
 
+@pytest.fixture(scope="session")
+def main_job(tmp_path_factory):
+    """`make train-local` itself: configs/local.py through the CLI, only the output folder
+    moved. Session-wide: tests/test_recipe.py checks the run, tests/test_serving.py serves
+    its serving/ export."""
+    output = tmp_path_factory.mktemp("main-job") / "out"
+    result = run_cli("trainer.task", "--config=configs/local.py", f"--config.output_dir={output}")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result, json.load(open(output / "report.json"))
+
+
 def small_config(output_dir, train_files, model_dir, **overrides):
     """configs/default.py shrunk for tests; overrides use dotted keys: {"train.epochs": 2}."""
     config = default.get_config()

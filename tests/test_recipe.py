@@ -9,19 +9,10 @@ import os
 import numpy as np
 import pytest
 
-from tests.conftest import BASE_MODEL_DIR, SAMPLE_CORPUS, quiet, run_cli, small_config
+from tests.conftest import BASE_MODEL_DIR, SAMPLE_CORPUS, quiet, small_config
 from trainer import diagnosis
 from trainer import model as model_lib
 from trainer.run import train
-
-
-@pytest.fixture(scope="module")
-def main_job(tmp_path_factory):
-    """`make train-local` itself: configs/local.py through the CLI, only the output folder moved."""
-    output = tmp_path_factory.mktemp("main-job") / "out"
-    result = run_cli("trainer.task", "--config=configs/local.py", f"--config.output_dir={output}")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result, json.load(open(output / "report.json"))
 
 
 def test_the_main_job_fine_tunes_the_shipped_model_to_a_healthy_fit(main_job):

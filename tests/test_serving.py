@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from tests.conftest import BASE_MODEL_DIR, ROOT, quiet
+from tests.conftest import ROOT, quiet
 from trainer import filesystem
 from trainer import model as model_lib
 
@@ -18,28 +18,27 @@ PROMPTS = ["The river", "Return the absolute value of a number.", "", "x", "dog:
 
 
 @pytest.fixture(scope="module")
-def serving_dir(tmp_path_factory):
-    folder = str(tmp_path_factory.mktemp("serving") / "serving")
-    info = model_lib.export_serving(BASE_MODEL_DIR, folder, log=quiet)
+def exported(main_job):
+    """The main job's serving/ SavedModel, and its export/ loaded as trainer.generate loads it."""
+    _, report = main_job
+    info = json.load(open(os.path.join(report["serving_dir"], "serving.json")))
     assert info["padding"] == "right" and info["n_positions"] == 256
-    return folder
+    model, _ = model_lib.load_model(report["export_dir"], log=quiet)
+    return report["serving_dir"], model, model_lib.load_tokenizer(report["export_dir"], log=quiet)
 
 
-# A fresh process that cannot import transformers, tunewell or torch: what a server has.
-ALONE = textwrap.dedent("""
-    import json, sys
-    class Refuse:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("transformers", "trainer", "torch"):
-                raise ImportError("not on a serving machine: " + name)
-    sys.meta_path.insert(0, Refuse())
+@pytest.fixture(scope="module")
+def serving_dir(exported):
+    return exported[0]
+
+
+def run_signature(folder, inputs):
     import tensorflow as tf
-    request = json.loads(sys.argv[2])
-    generate = tf.saved_model.load(sys.argv[1]).signatures["generate"]
+
+    generate = tf.saved_model.load(folder).signatures["generate"]
     out = generate(**{k: tf.constant(v, tf.float32 if k in ("temperature", "top_p") else tf.int32)
-                      for k, v in request.items()})
-    print("RESULT" + json.dumps({k: v.numpy().tolist() for k, v in out.items()}))
-""")
+                      for k, v in inputs.items()})
+    return {k: v.numpy().tolist() for k, v in out.items()}
 
 
 def request(tokenizer, prompts, max_new_tokens=20, temperature=0.0, top_k=0, top_p=1.0, seeds=None):
@@ -53,21 +52,14 @@ def request(tokenizer, prompts, max_new_tokens=20, temperature=0.0, top_k=0, top
             "seed": seeds or [0] * rows}
 
 
-def generate_alone(folder, inputs):
-    done = subprocess.run([sys.executable, "-c", ALONE, folder, json.dumps(inputs)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.split("RESULT", 1)[1])
-
-
-def test_greedy_serving_equals_trainer_generate_in_a_process_with_tensorflow_alone(serving_dir):
-    tokenizer = model_lib.load_tokenizer(BASE_MODEL_DIR, log=quiet)
-    model, _ = model_lib.load_model(BASE_MODEL_DIR, log=quiet)
-    out = generate_alone(serving_dir, request(tokenizer, PROMPTS, max_new_tokens=24))
+def test_greedy_serving_equals_trainer_generate_token_for_token(exported):
+    """(The server below runs the same SavedModel in a process that cannot import transformers.)"""
+    serving_dir, model, tokenizer = exported
+    out = run_signature(serving_dir, request(tokenizer, PROMPTS, max_new_tokens=24))
     for prompt, ids, length, log_probs in zip(PROMPTS, out["token_ids"], out["lengths"], out["log_probs"]):
         expected = model_lib.generate(model, tokenizer, prompt, 24)  # greedy, as trainer.generate runs it
         assert tokenizer.decode(ids[:length], skip_special_tokens=True) == expected, prompt
-        assert length == 24 and all(p <= 0 for p in log_probs[:length])
+        assert (length == 24 or ids[length - 1] == tokenizer.eos_token_id) and all(p <= 0 for p in log_probs[:length])
     # The log-probabilities are the model's own, of the tokens it wrote.
     ids = tokenizer("The river", add_special_tokens=False)["input_ids"]
     full = np.array([ids + out["token_ids"][0][:3]])
@@ -78,10 +70,10 @@ def test_greedy_serving_equals_trainer_generate_in_a_process_with_tensorflow_alo
         assert out["log_probs"][0][j] == pytest.approx(log_softmax[len(ids) - 1 + j, full[0, len(ids) + j]], abs=1e-3)
 
 
-def test_rows_keep_their_own_budget_seed_and_sampling(serving_dir):
+def test_rows_keep_their_own_budget_seed_and_sampling(exported):
     import tensorflow as tf
 
-    tokenizer = model_lib.load_tokenizer(BASE_MODEL_DIR, log=quiet)
+    serving_dir, _, tokenizer = exported
     generate = tf.saved_model.load(serving_dir).signatures["generate"]
 
     def run(inputs):
@@ -107,7 +99,8 @@ def test_rows_keep_their_own_budget_seed_and_sampling(serving_dir):
     assert long["lengths"].tolist() == [256 - len(tokenizer("word " * 250, add_special_tokens=False)["input_ids"])]
 
 
-def test_saved_model_cli_lists_the_signature_and_runs_it(serving_dir):
+def test_saved_model_cli_lists_the_signature_and_runs_it(exported):
+    serving_dir, model, tokenizer = exported
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
     shown = subprocess.run([cli, "show", "--dir", serving_dir, "--tag_set", "serve", "--signature_def", "generate"],
                            capture_output=True, text=True, timeout=120)
@@ -115,7 +108,6 @@ def test_saved_model_cli_lists_the_signature_and_runs_it(serving_dir):
     for name in ("input_ids", "lengths", "max_new_tokens", "temperature", "top_k", "top_p", "seed",
                  "token_ids", "log_probs"):
         assert f"['{name}']" in shown.stdout, name
-    tokenizer = model_lib.load_tokenizer(BASE_MODEL_DIR, log=quiet)
     ids = tokenizer("The river", add_special_tokens=False)["input_ids"]
     # Python literals only (saved_model_cli evaluates --input_exprs with ast.literal_eval).
     exprs = (f"input_ids=[{ids}];lengths=[{len(ids)}];max_new_tokens=[6];temperature=[0.0];top_k=[0];top_p=[1.0];"
@@ -125,7 +117,6 @@ def test_saved_model_cli_lists_the_signature_and_runs_it(serving_dir):
     assert ran.returncode == 0, ran.stderr[-2000:]
     printed = ran.stdout.split("Result for output key token_ids:", 1)[1].split("Result for", 1)[0]
     new = [int(t) for t in printed.replace("[", " ").replace("]", " ").split()]
-    model, _ = model_lib.load_model(BASE_MODEL_DIR, log=quiet)
     assert tokenizer.decode(new, skip_special_tokens=True) == model_lib.generate(model, tokenizer, "The river", 6)
 
 
@@ -198,16 +189,18 @@ def server(serving_dir):
     process.wait(timeout=30)
 
 
-def test_the_server_answers_single_and_batched_predictions_as_trainer_generate(server):
+def test_the_server_answers_single_and_batched_predictions_as_trainer_generate(server, exported):
+    """In a process that cannot import transformers, tunewell or torch: what the serving image has."""
     from concurrent.futures import ThreadPoolExecutor
 
-    tokenizer = model_lib.load_tokenizer(BASE_MODEL_DIR, log=quiet)
-    model, _ = model_lib.load_model(BASE_MODEL_DIR, log=quiet)
+    _, model, tokenizer = exported
     status, out = post(server + "/v1/predict", {"instances": [{"prompt": "The river", "max_new_tokens": 12}]})
     assert status == 200, out
     (prediction,) = out["predictions"]
     assert prediction["completion"] == model_lib.generate(model, tokenizer, "The river", 12)
-    assert len(prediction["token_ids"]) == len(prediction["log_probs"]) == 12 and prediction["finish_reason"] == "length"
+    assert len(prediction["token_ids"]) == len(prediction["log_probs"])
+    assert (len(prediction["token_ids"]), prediction["finish_reason"]) == (12, "length") or \
+        prediction["finish_reason"] == "eos"
     # One request of several instances, "parameters" as every instance's defaults.
     status, out = post(server + "/v1/predict", {"instances": [{"prompt": p} for p in PROMPTS],
                                                  "parameters": {"max_new_tokens": 8}})
@@ -223,7 +216,9 @@ def test_the_server_answers_single_and_batched_predictions_as_trainer_generate(s
         (alone,), (shared,) = post(server + "/v1/predict", body)[1]["predictions"], out["predictions"]
         assert alone["token_ids"] == shared["token_ids"]  # alone: the same tokens (log-probabilities
         assert alone["log_probs"] == pytest.approx(shared["log_probs"], abs=1e-4)  # up to float sums over padding)
-        assert len(out["predictions"][0]["token_ids"]) == body["instances"][0]["max_new_tokens"]
+        (prediction,) = out["predictions"]
+        assert (len(prediction["token_ids"]) == body["instances"][0]["max_new_tokens"]
+                or prediction["finish_reason"] == "eos" and prediction["token_ids"][-1] == tokenizer.eos_token_id)
 
 
 @pytest.mark.parametrize("body, message", [
