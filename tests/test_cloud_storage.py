@@ -27,7 +27,7 @@ def test_a_run_with_prepared_data_and_outputs_on_gcs(gcs_server, tmp_path, corpu
 
     base = f"gs://{BUCKET}/run-{uuid.uuid4().hex[:8]}"
     config = small_config(f"{base}/out", corpus_file, tiny_model_dir, **OVERRIDES)
-    args = cli_args(config, **{**OVERRIDES, "data.prepared_dir": f"{base}/prepared"})
+    args = cli_args(config, **{**OVERRIDES, "data.prepared_dir": f"{base}/prepared", "export_serving": True})
 
     prepared = run_cli("trainer.prepare", *args, env=gcs_server.env)
     assert prepared.returncode == 0, prepared.stderr[-3000:]
@@ -61,6 +61,13 @@ def test_a_run_with_prepared_data_and_outputs_on_gcs(gcs_server, tmp_path, corpu
     remote, _ = model_lib.load_model(report["export_dir"], log=quiet)
     assert model_lib.count_parameters(model) == model_lib.count_parameters(remote) > 0
     assert filesystem.is_complete(f"{base}/out/export_pytorch")
+    # The serving SavedModel too, and the server loads it from the bucket as from AIP_STORAGE_URI.
+    from deploy import serve
+
+    assert report["serving_dir"] == f"{base}/out/serving" and filesystem.is_complete(report["serving_dir"])
+    served = serve.Model(report["serving_dir"])
+    (prediction,) = served.run(served.rows({"instances": [{"prompt": "a", "max_new_tokens": 3}]}, 4))
+    assert 1 <= len(prediction["token_ids"]) <= 3
 
     assert not os.path.exists(os.path.join(ROOT, "gs:"))  # nothing went around the filesystem layer
 
