@@ -102,7 +102,7 @@ def small_config(output_dir, train_files, model_dir, **overrides):
     # tests, the main job): the suite's exact row and step counts predate it.
     config.data.test_fraction = 0.0
     # No serving SavedModel unless a test asks for one (tests/test_serving.py, the main job):
-    # tracing and saving the sampler costs ~10 s a run.
+    # tracing and saving the sampler costs seconds a run, times the suite's ~100 runs.
     config.export_serving = False
     # The linear schedule over the given epochs unless a test asks for wsd (test_faults,
     # test_optimization): the suite's step counts and early stops predate optim.schedule=auto.

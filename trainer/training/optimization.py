@@ -194,10 +194,11 @@ def plan_training(config, train_rows: int, n_embd: int, val_tokens: int = 0) -> 
 
 def range_test_by_default(schedule: str, from_scratch: bool) -> bool:
     """optim.learning_rate=None: a range test picks the rate when a pretrained model is
-    fine-tuned under wsd, where it was measured (bench/recipe.md: the grid's quality at
-    50% and 99% of its tokens on long and short READMEs, against 96% and 190% at the rule's
-    rate, for 1-2% more test perplexity); the rule elsewhere (from scratch, or a task metric
-    selecting under a linear schedule: not measured)."""
+    fine-tuned under wsd, where it was measured (bench/recipe.md: within 0.1% and 2.0% of a
+    validation-selected grid's best test perplexity on short and long READMEs at 52% and 56%
+    of its tokens, against 100% and 107% at the rule's rate, which is 1.8-2.6% better for
+    twice the compute); the rule elsewhere (from scratch, or a task metric selecting under a
+    linear schedule: not measured)."""
     return schedule == "wsd" and not from_scratch
 
 
