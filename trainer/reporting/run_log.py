@@ -21,7 +21,8 @@ class Timings:
     model (loss, and task metrics of prompt/completion data); report = report card,
     plot and report.json;
     startup = from process start to the step-0 evaluation (imports, data, tokenizer,
-    doctor, model); first_step = from process start to the end of the first
+    doctor, model), the range test (lr_auto, its own part) left out, so the parts and
+    startup add up to at most the wall time; first_step = from process start to the end of the first
     training call (startup + the base model's evaluation + the first call's tracing).
     """
 
@@ -33,7 +34,7 @@ class Timings:
         self.first_step_seconds = self.startup_seconds = None
 
     def started_training(self):
-        self.startup_seconds = time.time() - trainer.LAUNCHED_AT
+        self.startup_seconds = time.time() - trainer.LAUNCHED_AT - self.seconds["lr_auto"]
 
     @contextlib.contextmanager
     def part(self, name: str):
