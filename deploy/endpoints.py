@@ -20,7 +20,6 @@ from trainer.errors import UserError
 
 # The serving container's contract (deploy/serve.py reads the AIP_* variables Vertex sets from these).
 HEALTH_ROUTE, PREDICT_ROUTE, PORT = "/health", "/predict", 8080
-COMMANDS = ("upload-model", "deploy-endpoint", "predict", "undeploy")
 
 
 def default_serving_image(project: str, region: str) -> str:
